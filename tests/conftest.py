@@ -11,7 +11,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one thread: tiny models run faster single-threaded, and parallel test workers do not fight
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,63 @@
+"""Qwen2.5-VL (``Qwen/Qwen2.5-VL-*-Instruct``): windowed ViT, 2x2 patch merger, M-RoPE decoder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from part_point_ros.backbones.hf_adapter import HFAdapter
+from part_point_ros.backbones.qwen_processor import qwen_image_text_processor_class
+from part_point_ros.types import ImageGrid
+
+
+class Qwen25VLAdapter(HFAdapter):
+    """Qwen2.5-VL. Prompt from the processor's chat template; one image token per merged 2x2 patches.
+
+    The image processor resizes the whole image (``smart_resize``: both sides multiples of
+    ``patch_size * merge_size``, area within [min_pixels, max_pixels]); no crop, no pad.
+    """
+
+    family = "qwen2_5_vl"
+    model_types = ("qwen2_5_vl",)
+
+    @classmethod
+    def _model_class(cls) -> type:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        return Qwen2_5_VLForConditionalGeneration
+
+    @classmethod
+    def _load_processor(cls, name_or_path: str) -> Any:
+        from transformers import AutoProcessor
+        from transformers.utils import is_torchvision_available
+
+        if is_torchvision_available():
+            return AutoProcessor.from_pretrained(name_or_path)
+        # the video processor needs torchvision; images and text go through the same code without it
+        return qwen_image_text_processor_class().from_pretrained(name_or_path)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    def build_prompt(self, instruction: str) -> str:
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction.strip()}]}
+        ]
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _grid(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor]) -> ImageGrid:
+        _, grid_h, grid_w = (int(v) for v in inputs["image_grid_thw"][0])  # patches before merging
+        merge = self.processor.image_processor.merge_size
+        patch = self.processor.image_processor.patch_size
+        pw, ph = grid_w * patch, grid_h * patch  # the resized image the ViT sees
+        w, h = image_size
+        return ImageGrid(
+            rows=grid_h // merge,
+            cols=grid_w // merge,
+            orig_size=image_size,
+            processed_size=(pw, ph),
+            scale=(pw / w, ph / h),
+            offset=(0.0, 0.0),
+        )

@@ -1,0 +1,66 @@
+"""``load_backbone``: pick the adapter from the checkpoint's ``model_type``.
+
+Adding a family: write its adapter file and add it to ``ADAPTERS``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from part_point_ros.backbones.base import BackboneAdapter
+from part_point_ros.backbones.hf_adapter import read_config
+from part_point_ros.backbones.llava import LlavaAdapter
+from part_point_ros.backbones.qwen2_5_vl import Qwen25VLAdapter
+from part_point_ros.errors import InputError, UnknownBackboneError
+
+ADAPTERS: tuple[type[BackboneAdapter], ...] = (
+    LlavaAdapter,
+    Qwen25VLAdapter,
+)
+REGISTRY: dict[str, type[BackboneAdapter]] = {mt: a for a in ADAPTERS for mt in a.model_types}
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"`` / ``"bfloat16"`` / ``"float16"`` (or a torch.dtype) -> torch.dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).strip().lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+    return _DTYPES[key]
+
+
+def load_backbone(
+    name_or_path: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    max_layer: int | None = None,
+    attn_implementation: str = "sdpa",
+) -> BackboneAdapter:
+    """Load a supported MLLM (hub id or local directory) behind its family's adapter."""
+    config = read_config(name_or_path)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in REGISTRY:
+        supported = ", ".join(sorted(REGISTRY))
+        raise UnknownBackboneError(
+            f"{name_or_path!r} is a {model_type!r} model, which is not supported; "
+            f"supported model types: {supported}"
+        )
+    return REGISTRY[model_type].from_pretrained(
+        name_or_path,
+        device=device,
+        dtype=parse_dtype(dtype),
+        max_layer=max_layer,
+        attn_implementation=attn_implementation,
+    )
