@@ -1,0 +1,260 @@
+"""``part-point``: the command-line entry point (point, select-heads, bench; more verbs to come).
+
+A user mistake (bad path, undecodable image, empty query, unknown backbone, head for another
+backbone) prints ONE line ``part-point: error: ...`` on stderr and exits 1; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PROG = "part-point"
+# Verbs other parts of the project will fill in; until then they say so and exit 2.
+PLACEHOLDER_ISSUES = {"cache": "5", "train": "5", "eval": "5", "demo": "4"}
+
+
+class UserError(Exception):
+    """A CLI-level user mistake (bad option value) reported like a PartPointError."""
+
+
+def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    parser.add_argument(
+        "--dtype", default="float32", help="backbone dtype: float32, bfloat16 or float16 (default float32)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from part_point_ros import __version__
+
+    parser = argparse.ArgumentParser(prog=PROG, description="Point at object parts from language.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show transformers' loading reports and progress bars"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    point = sub.add_parser("point", help="one image, one query -> point, score, found")
+    point.add_argument("image", help="path to an 8-bit RGB image (PNG, JPEG, ...)")
+    point.add_argument("query", help='what to point at, e.g. "the handle of the mug"')
+    point.add_argument("--backbone", help="hub id or directory of the MLLM (a2p: default from the head)")
+    point.add_argument("--head", help="trained head directory (config.json + model.safetensors), for a2p")
+    point.add_argument("--method", default="a2p", choices=("a2p", "attention", "text"), help="default a2p")
+    point.add_argument("--heads", help="attention: heads JSON file or shipped name (default: known heads)")
+    point.add_argument("--k", type=int, default=5, help="attention: number of localization heads (default 5)")
+    point.add_argument("--threshold", type=float, help="score needed for found=true (method default)")
+    point.add_argument("--no-subpixel", action="store_true", help="skip the sub-pixel peak refinement")
+    point.add_argument("--max-new-tokens", type=int, default=64, help="text: generation budget (default 64)")
+    point.add_argument("--allow-grey", action="store_true", help="accept greyscale images (used as RGB)")
+    point.add_argument("--json", action="store_true", help="print one JSON object")
+    point.add_argument("--overlay", metavar="OUT.png", help="write the image with heatmap and point")
+    _add_backbone_options(point)
+
+    select = sub.add_parser("select-heads", help="localization-head selection (Kang et al.)")
+    select.add_argument("--backbone", required=True, help="hub id or directory of the MLLM")
+    select.add_argument(
+        "--data", required=True, metavar="KIND:PATH", help="calibration set, e.g. pointbench:DIR"
+    )
+    select.add_argument(
+        "--data-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra loader argument (repeatable)",
+    )
+    select.add_argument("--k", type=int, default=5, help="heads to keep (default 5)")
+    select.add_argument(
+        "--per-sample", type=int, default=10, help="lowest-entropy heads per sample (default 10)"
+    )
+    select.add_argument(
+        "--max-samples", type=int, default=1000, help="calibration samples used (default 1000)"
+    )
+    select.add_argument("--exclude-layers", type=int, default=2, help="first layers excluded (default 2)")
+    select.add_argument("--out", required=True, help="heads JSON file to write")
+    _add_backbone_options(select)
+
+    bench = sub.add_parser("bench", help="latency of each method and stage")
+    bench.add_argument(
+        "--backbone", help="hub id or directory (default: a tiny random LLaVA built on the fly)"
+    )
+    bench.add_argument("--heads", help="heads file or shipped name for a real backbone")
+    bench.add_argument("--reps", type=int, default=10, help="timed repetitions (median reported)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs")
+    bench.add_argument("--max-new-tokens", type=int, default=32, help="text: tokens generated (forced)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_backbone_options(bench)
+
+    for verb, issue in PLACEHOLDER_ISSUES.items():
+        holder = sub.add_parser(verb, help=f"not implemented yet (issue {issue})")
+        holder.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def cmd_point(args: argparse.Namespace) -> int:
+    from part_point_ros.grounding.inputs import check_query, read_image
+
+    query = check_query(args.query)  # fail fast, before loading any model
+    image = read_image(args.image, allow_grey=args.allow_grey)
+    head = args.head
+    if head and (
+        Path(head).expanduser().is_dir() or head.startswith((".", "/", "~")) or head.count("/") != 1
+    ):
+        head = str(Path(head).expanduser())  # a local path, not a hub id: check it before loading models
+        if not Path(head).is_dir():
+            raise UserError(f"{args.head}: no such head directory (expected config.json + model.safetensors)")
+    from part_point_ros.grounding.pointer import PartPointer
+
+    pointer = PartPointer.from_pretrained(
+        backbone=args.backbone,
+        head=head,
+        method=args.method,
+        device=args.device,
+        dtype=args.dtype,
+        heads=args.heads,
+        k=args.k,
+        threshold=args.threshold,
+        subpixel=False if args.no_subpixel else None,
+        max_new_tokens=args.max_new_tokens,
+        allow_grey=args.allow_grey,
+    )
+    result = pointer.point(image, query)
+    if args.overlay:
+        _write_overlay(args.overlay, image, result)
+    if args.json:
+        print(json.dumps(_json_safe(result.to_dict())))
+    else:
+        print(
+            f"x={result.x:.1f} y={result.y:.1f} score={result.score:.3f} found={str(result.found).lower()} "
+            f"method={result.method} latency_ms={result.latency_ms:.1f}"
+        )
+        if result.text is not None:
+            print(f"answer: {result.text!r}")
+    return 0
+
+
+def _write_overlay(path: str, image: Any, result: Any) -> None:
+    import cv2
+
+    from part_point_ros.grounding.result import draw_overlay
+
+    overlay = draw_overlay(image, result)
+    try:
+        ok = cv2.imwrite(path, overlay[..., ::-1])  # RGB -> BGR for OpenCV
+    except cv2.error as err:
+        raise UserError(f"cannot write overlay {path}: {err.msg if hasattr(err, 'msg') else err}") from err
+    if not ok:
+        raise UserError(f"cannot write overlay {path}: check the directory exists and the name ends in .png")
+
+
+def _parse_data(spec: str, extra: Sequence[str]) -> tuple[str, dict[str, str]]:
+    kind, sep, path = spec.partition(":")
+    if not kind:
+        raise UserError(f"--data {spec!r}: write it as KIND:PATH, e.g. pointbench:/data/pointbench")
+    kwargs = {"root": path} if sep and path else {}
+    for item in extra:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"--data-arg {item!r}: write it as KEY=VALUE")
+        kwargs[key.strip()] = value
+    return kind, kwargs
+
+
+def cmd_select_heads(args: argparse.Namespace) -> int:
+    kind, kwargs = _parse_data(args.data, args.data_arg)
+    if args.k < 1 or args.per_sample < 1 or args.max_samples < 1:
+        raise UserError("--k, --per-sample and --max-samples must be >= 1")
+    from part_point_ros.backbones.registry import load_backbone
+    from part_point_ros.data.registry import load_dataset
+    from part_point_ros.grounding.localization_heads import calibrate
+
+    dataset = load_dataset(kind, **kwargs)
+    print(dataset.report(), file=sys.stderr)
+    if len(dataset) == 0:
+        raise UserError(f"--data {args.data}: the dataset has no samples")
+    backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype)
+    n = min(len(dataset), args.max_samples)
+
+    def progress(done: int) -> None:
+        if done == n or done % 50 == 0:
+            print(f"calibrated {done}/{n} samples", file=sys.stderr)
+
+    heads_file = calibrate(
+        backbone,
+        dataset,
+        k=args.k,
+        per_sample=args.per_sample,
+        exclude_layers=args.exclude_layers,
+        max_samples=args.max_samples,
+        source=f"{kind}:{kwargs.get('root', '')}",
+        progress=progress,
+    )
+    heads_file.save(args.out)
+    listed = ", ".join(f"{h} ({f:.3f})" for h, f in heads_file.heads)
+    print(f"wrote {args.out}: {listed}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from part_point_ros.cli.bench import format_report, run_bench
+
+    if args.reps < 1 or args.warmup < 0 or args.max_new_tokens < 1:
+        raise UserError("--reps and --max-new-tokens must be >= 1, --warmup >= 0")
+    report = run_bench(
+        backbone=args.backbone,
+        heads=args.heads,
+        device=args.device,
+        dtype=args.dtype,
+        reps=args.reps,
+        warmup=args.warmup,
+        max_new_tokens=args.max_new_tokens,
+    )
+    print(json.dumps(_json_safe(report), indent=2) if args.json else format_report(report))
+    return 0
+
+
+COMMANDS = {"point": cmd_point, "select-heads": cmd_select_heads, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in PLACEHOLDER_ISSUES:
+        issue = PLACEHOLDER_ISSUES[args.command]
+        print(f"{PROG}: error: {args.command} is not implemented yet: see issue {issue}", file=sys.stderr)
+        return 2
+    if not args.verbose:  # before transformers is imported: it reads these once
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from part_point_ros.errors import PartPointError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (PartPointError, UserError, OSError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

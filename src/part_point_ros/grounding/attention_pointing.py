@@ -1,0 +1,67 @@
+"""Attention-pointing baseline (Kang et al., CVPR 2025): where the localization heads look.
+
+Per head: the last input token's attention over the image tokens, reshaped to the token grid,
+smoothed with a 7x7 Gaussian (sigma 1); the heads' maps are summed; the argmax cell's centre is the
+point, mapped to original pixels through the ``ImageGrid``.
+
+Score: the baseline has no calibrated confidence. ``score`` is the share of the summed map's mass in
+the 3x3 cells around the peak (1.0 = all attention on one spot, 9 / P = uniform); callers decide on
+a threshold (``PartPointer`` uses 0.0 for this method, i.e. always "found").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from part_point_ros.backbones.base import Capture
+from part_point_ros.grounding.peaks import Peak, argmax_peak, gaussian_smooth
+
+
+@dataclass
+class AttentionPoint:
+    """Result of the attention baseline in grid cells and original pixels."""
+
+    x: float
+    y: float
+    score: float
+    peak: Peak  # (row, col) cell of the argmax
+    heatmap: np.ndarray  # (rows, cols) float32, sums to 1
+
+
+def head_attention_maps(capture: Capture) -> np.ndarray:
+    """(k, rows, cols) last-token attention of each captured head over the image-token grid."""
+    attn = capture.last_token_attention().detach().float().cpu().numpy()  # (k, P)
+    rows, cols = capture.grid.rows, capture.grid.cols
+    if attn.shape[1] != rows * cols:
+        raise ValueError(f"capture has {attn.shape[1]} image tokens but the grid is {rows}x{cols}")
+    return attn.reshape(attn.shape[0], rows, cols)  # (k, P) -> (k, rows, cols)
+
+
+def attention_heatmap(capture: Capture, *, sigma: float = 1.0, size: int = 7) -> np.ndarray:
+    """(rows, cols) float32: the per-head smoothed maps summed, normalised to sum 1."""
+    maps = head_attention_maps(capture)
+    total = np.sum([gaussian_smooth(m, sigma=sigma, size=size) for m in maps], axis=0)
+    total = np.maximum(total, 0.0)
+    mass = float(total.sum())
+    if mass > 0:
+        total = total / mass
+    else:
+        total = np.full_like(total, 1.0 / total.size)
+    return total.astype(np.float32)
+
+
+def peak_share(heatmap: np.ndarray, peak: Peak, *, half: int = 1) -> float:
+    """Mass of a normalised map in the (2*half+1)^2 cells around ``peak``."""
+    r, c = int(peak.row), int(peak.col)
+    window = heatmap[max(r - half, 0) : r + half + 1, max(c - half, 0) : c + half + 1]
+    return float(window.sum() / max(float(heatmap.sum()), 1e-12))
+
+
+def attention_point(capture: Capture, *, sigma: float = 1.0, size: int = 7) -> AttentionPoint:
+    """The Kang et al. point: argmax cell of the summed smoothed maps -> its centre in original pixels."""
+    heatmap = attention_heatmap(capture, sigma=sigma, size=size)
+    peak = argmax_peak(heatmap)
+    x, y = capture.grid.cell_center(int(peak.row), int(peak.col))
+    return AttentionPoint(x=x, y=y, score=peak_share(heatmap, peak), peak=peak, heatmap=heatmap)

@@ -1,0 +1,107 @@
+"""Validation of what users hand to the pointer: RGB uint8 images, queries, image files.
+
+Every rejection is an ``InputError`` with one line that says what was given and how to fix it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from part_point_ros.errors import InputError
+
+MAX_QUERY_CHARS = 1000
+MIN_IMAGE_SIDE = 2
+
+
+def check_image(image: object, *, allow_grey: bool = False) -> np.ndarray:
+    """Return ``image`` as a contiguous (H, W, 3) uint8 RGB array, or raise ``InputError``.
+
+    A (H, W) or (H, W, 1) grey image is replicated to 3 channels only when ``allow_grey``.
+    """
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image must be a numpy array (H, W, 3) uint8 RGB, got {type(image).__name__}")
+    shape, dtype = tuple(image.shape), image.dtype
+    grey = image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1)
+    if image.ndim == 3 and image.shape[2] == 4:
+        raise InputError(
+            f"image has 4 channels (shape {shape}): RGBA is not accepted; drop or composite the alpha "
+            "channel first, e.g. image[..., :3]"
+        )
+    if not (grey or (image.ndim == 3 and image.shape[2] == 3)):
+        raise InputError(f"image must be (H, W, 3) RGB, got shape {shape} dtype {dtype}")
+    if dtype != np.uint8:
+        raise InputError(
+            f"image must be uint8 (0..255), got dtype {dtype} with shape {shape}; convert it, e.g. "
+            "(img / img.max() * 255).astype(np.uint8) for 16-bit or float images"
+        )
+    if grey:
+        if not allow_grey:
+            raise InputError(
+                f"image is greyscale (shape {shape}); pass allow_grey=True (CLI: --allow-grey) to "
+                "replicate it to RGB, or convert it yourself"
+            )
+        image = np.repeat(image.reshape(shape[0], shape[1], 1), 3, axis=2)  # (H, W[, 1]) -> (H, W, 3)
+    if min(image.shape[:2]) < MIN_IMAGE_SIDE:
+        raise InputError(f"image is too small ({image.shape[1]}x{image.shape[0]} px)")
+    return np.ascontiguousarray(image)
+
+
+def check_query(query: object, *, max_chars: int = MAX_QUERY_CHARS) -> str:
+    """Return the stripped query, or raise ``InputError`` for non-strings, empty or too-long ones."""
+    if not isinstance(query, str):
+        raise InputError(f"query must be a string, got {type(query).__name__}")
+    text = query.strip()
+    if not text:
+        raise InputError('query is empty: say which part to point at, e.g. "the handle of the mug"')
+    if len(text) > max_chars:
+        raise InputError(f"query is {len(text)} characters long; the limit is {max_chars}")
+    return text
+
+
+def read_image(path: str | Path, *, allow_grey: bool = False) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB (EXIF orientation applied), or raise ``InputError``.
+
+    Palette images without transparency are converted to RGB; 16-bit, alpha and (unless
+    ``allow_grey``) greyscale images are refused with a message naming the mode.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not an image file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            mode = img.mode
+            if mode == "P":
+                if "transparency" in img.info:
+                    raise InputError(
+                        f"{path}: palette image with transparency; save it as RGB (no alpha) first"
+                    )
+                img = img.convert("RGB")
+                mode = "RGB"
+            if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+                raise InputError(
+                    f"{path}: image has an alpha channel (mode {mode}); save it as RGB without alpha first"
+                )
+            if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                raise InputError(f"{path}: {mode} image (16/32-bit); part-point needs an 8-bit RGB image")
+            if mode in ("L", "1"):
+                if not allow_grey:
+                    raise InputError(
+                        f"{path}: greyscale image (mode {mode}); pass --allow-grey to use it as RGB"
+                    )
+                img = img.convert("RGB")
+            elif mode != "RGB":
+                raise InputError(f"{path}: image mode {mode} is not supported; save it as 8-bit RGB")
+            array = np.asarray(img, dtype=np.uint8)
+    except UnidentifiedImageError as err:
+        raise InputError(f"{path}: cannot decode as an image (is it a PNG/JPEG file?)") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise InputError(f"{path}: cannot read the image ({err})") from err
+    return check_image(array)

@@ -1,0 +1,322 @@
+"""``PartPointer``: the inference facade over a frozen backbone and one of three pointing methods.
+
+- ``a2p``: ONE truncated prefill captures Q/K/V of the head's localization heads (decoder layers past
+  the deepest one are never loaded), the trained ``PartPointHead`` gives a heatmap at 4x the token
+  grid, its peak (LENS sub-pixel refined) is mapped to original pixels.
+  ``score`` = mean over the k heads of sigmoid(q_s·K_v/√d_h) at the grid cell under the peak: the
+  patch-level probability that L_bce trains, so 0.5 is a natural ``found`` threshold.
+- ``attention``: the Kang et al. baseline on the localization heads (``attention_pointing``).
+  ``score`` = share of the map's mass in the 3x3 cells around the peak (no calibrated confidence;
+  default threshold 0.0: always found).
+- ``text``: the backbone writes the point (seed 000 Fig. 5 prompts, ``text_pointing``).
+  ``score`` = 1.0 if a point was parsed and lies in the image, else 0.0 (and x, y are NaN).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from part_point_ros.backbones.base import BackboneAdapter, BackboneInfo
+from part_point_ros.errors import CheckpointError, HeadMismatchError, InputError
+from part_point_ros.grounding.attention_pointing import attention_heatmap, peak_share
+from part_point_ros.grounding.inputs import MAX_QUERY_CHARS, check_image, check_query
+from part_point_ros.grounding.localization_heads import HeadsFile, known_heads_name, load_heads
+from part_point_ros.grounding.peaks import Peak, argmax_peak, nms_peaks, refine_peak
+from part_point_ros.grounding.result import PointResult
+from part_point_ros.grounding.text_pointing import parse_answer, text_prompt, to_original_pixels
+from part_point_ros.types import HeadRef, ImageGrid
+
+METHODS = ("a2p", "attention", "text")
+DEFAULT_THRESHOLDS = {"a2p": 0.5, "attention": 0.0, "text": 0.5}
+
+
+def _load_backbone(name: str, **kwargs: Any) -> BackboneAdapter:
+    from part_point_ros.backbones.registry import load_backbone
+
+    return load_backbone(name, **kwargs)
+
+
+def _load_head(head: str | Path, device: str) -> Any:
+    from part_point_ros.heads import PartPointHead
+
+    path = Path(head)
+    if not path.exists() and str(head).count("/") == 1 and not str(head).startswith((".", "/")):
+        try:  # a hub id: fetch the directory (works offline when it is cached)
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(str(head), allow_patterns=["config.json", "model.safetensors"]))
+        except Exception as err:  # noqa: BLE001 - any hub failure is "head not found" to the user
+            raise CheckpointError(f"head {head!r}: not a local directory and not fetchable ({err})") from err
+    return PartPointHead.from_pretrained(path, device=device)
+
+
+def _resolve_heads(heads: Any, backbone_name: str) -> tuple[list[HeadRef], HeadsFile | None]:
+    """Heads for the attention method: HeadRefs / "L14H24" strings / a heads file / a known name."""
+    if heads is None:
+        name = known_heads_name(backbone_name)
+        if name is None:
+            raise CheckpointError(
+                f"no known localization heads for backbone {backbone_name!r}: run `part-point select-heads` "
+                "and pass the file (heads=... / --heads FILE)"
+            )
+        hf = load_heads(name)
+        return hf.top(), hf
+    if isinstance(heads, (str, Path)):
+        hf = load_heads(heads)
+        return hf.top(), hf
+    refs = [
+        h if isinstance(h, HeadRef) else HeadRef.parse(h) if isinstance(h, str) else HeadRef(*h)
+        for h in heads
+    ]
+    return refs, None
+
+
+def _check_heads_fit(heads: Sequence[HeadRef], info: BackboneInfo, what: str) -> None:
+    for ref in heads:
+        if not (0 <= ref.layer < info.num_layers and 0 <= ref.head < info.num_heads):
+            raise HeadMismatchError(
+                f"{what} lists head {ref} but backbone {info.name!r} has {info.num_layers} layers x "
+                f"{info.num_heads} heads: the heads were made for another backbone"
+            )
+
+
+def _info_from_dict(data: dict[str, Any]) -> BackboneInfo | None:
+    try:
+        return BackboneInfo(**{f: data[f] for f in BackboneInfo.__dataclass_fields__})
+    except (KeyError, TypeError):
+        return None
+
+
+class PartPointer:
+    """Point at object parts: ``PartPointer.from_pretrained(...).point(image, "the handle of the mug")``."""
+
+    def __init__(
+        self,
+        *,
+        backbone: BackboneAdapter,
+        method: str = "a2p",
+        head: Any = None,
+        heads: Sequence[HeadRef] | None = None,
+        threshold: float | None = None,
+        subpixel: bool | None = None,
+        max_points: int = 5,
+        nms_radius: float = 4.0,
+        points_rel_threshold: float = 0.5,
+        max_new_tokens: int = 64,
+        prompt_mode: str = "auto",
+        allow_grey: bool = False,
+        max_query_chars: int = MAX_QUERY_CHARS,
+    ) -> None:
+        """Use ``from_pretrained`` unless you already hold a backbone adapter (and head).
+
+        ``subpixel``: LENS refinement of the peak; default on for a2p, off for attention (Kang et al.
+        point at the argmax patch's centre). ``max_points`` / ``nms_radius`` (heatmap pixels) /
+        ``points_rel_threshold`` (fraction of the peak value) shape ``PointResult.points``.
+        """
+        if method not in METHODS:
+            raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        if method == "a2p" and head is None:
+            raise CheckpointError("method 'a2p' needs a trained head (head=DIR / --head DIR)")
+        if method == "attention" and not heads:
+            raise CheckpointError("method 'attention' needs localization heads (heads=... / --heads FILE)")
+        self.backbone = backbone
+        self.method = method
+        self.head = head
+        self.heads = tuple(head.config.head_refs) if head is not None else tuple(heads or ())
+        self.threshold = DEFAULT_THRESHOLDS[method] if threshold is None else float(threshold)
+        self.subpixel = (method == "a2p") if subpixel is None else bool(subpixel)
+        self.max_points = max_points
+        self.nms_radius = nms_radius
+        self.points_rel_threshold = points_rel_threshold
+        self.max_new_tokens = max_new_tokens
+        self.prompt_mode = prompt_mode
+        self.allow_grey = allow_grey
+        self.max_query_chars = max_query_chars
+        if head is not None:
+            self._check_head(head)
+        elif self.heads:
+            _check_heads_fit(self.heads, backbone.info, "the heads list")
+
+    def _check_head(self, head: Any) -> None:
+        trained = _info_from_dict(head.config.backbone)
+        info = self.backbone.info
+        if trained is None:
+            raise CheckpointError(f"head config's backbone entry is incomplete: {head.config.backbone}")
+        diff = info.compatible_with(trained)
+        if diff is not None:
+            raise HeadMismatchError(
+                f"head was trained for backbone {trained.name!r} ({trained.family}) but {info.name!r} "
+                f"is loaded: {diff}"
+            )
+        _check_heads_fit(self.heads, info, "the head")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        backbone: str | None = None,
+        head: str | Path | None = None,
+        *,
+        method: str = "a2p",
+        device: str = "cpu",
+        dtype: str = "float32",
+        heads: Any = None,
+        k: int = 5,
+        attn_implementation: str = "sdpa",
+        **options: Any,
+    ) -> PartPointer:
+        """Load the backbone (hub id or directory) and, for ``a2p``, the head directory.
+
+        ``a2p``: ``backbone`` defaults to the one named in the head's config; the backbone is loaded
+        only up to the head's deepest layer. ``attention``: ``heads`` is a heads file, a shipped
+        name, or a list of (layer, head); default: the shipped heads for a known backbone; the top
+        ``k`` are used. ``text``: the whole backbone is loaded. ``options`` go to ``__init__``.
+        """
+        if method not in METHODS:
+            raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        load = {"device": device, "dtype": dtype, "attn_implementation": attn_implementation}
+        head_module = None
+        head_refs: list[HeadRef] | None = None
+        if method == "a2p":
+            if head is None:
+                raise CheckpointError("method 'a2p' needs a trained head directory (head=DIR / --head DIR)")
+            head_module = _load_head(head, device)
+            backbone = backbone or head_module.config.backbone["name"]
+            load["max_layer"] = max(layer for layer, _ in head_module.config.heads)
+        elif backbone is None:
+            raise InputError(f"method {method!r} needs a backbone (hub id or directory)")
+        if method == "attention":
+            head_refs, _ = _resolve_heads(heads, str(backbone))
+            if k < 1:
+                raise InputError(f"k must be >= 1, got {k}")
+            head_refs = head_refs[:k]
+            load["max_layer"] = max(ref.layer for ref in head_refs)
+        try:
+            adapter = _load_backbone(str(backbone), **load)
+        except ValueError as err:
+            if "max_layer" not in str(err):
+                raise
+            what = "the head" if method == "a2p" else "the heads"
+            raise HeadMismatchError(
+                f"{what} need layer {load['max_layer']}, which backbone {str(backbone)!r} does not have: "
+                "they were made for another backbone"
+            ) from err
+        return cls(backbone=adapter, method=method, head=head_module, heads=head_refs, **options)
+
+    # ------------------------------------------------------------------------------ inference
+    def point(self, image: np.ndarray, query: str) -> PointResult:
+        """Point at ``query`` in ``image`` ((H, W, 3) uint8 RGB); x, y in ORIGINAL-image pixels."""
+        image = check_image(image, allow_grey=self.allow_grey)
+        query = check_query(query, max_chars=self.max_query_chars)
+        self._sync()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            if self.method == "a2p":
+                result = self._point_a2p(image, query)
+            elif self.method == "attention":
+                result = self._point_attention(image, query)
+            else:
+                result = self._point_text(image, query)
+        self._sync()
+        result.latency_ms = (time.perf_counter() - start) * 1000.0
+        result.found = bool(result.score >= self.threshold) and math.isfinite(result.x)
+        return result
+
+    def _sync(self) -> None:
+        if self.backbone.device.type == "cuda":
+            torch.cuda.synchronize(self.backbone.device)
+
+    def _peaks(self, heatmap: np.ndarray) -> tuple[Peak, list[Peak]]:
+        best = argmax_peak(heatmap)
+        if self.subpixel:
+            best = refine_peak(heatmap, best)
+        others = nms_peaks(
+            heatmap,
+            radius=self.nms_radius,
+            max_points=self.max_points,
+            min_value=self.points_rel_threshold * float(heatmap.max()),
+            subpixel=self.subpixel,
+        )
+        return best, [best, *others[1:]]
+
+    def _point_a2p(self, image: np.ndarray, query: str) -> PointResult:
+        capture = self.backbone.capture(image, query, self.heads, truncate=True)
+        head_device = next(self.head.parameters()).device
+        capture = capture.to(head_device)
+        grid = capture.grid
+        queries = capture.queries.unsqueeze(0)  # (k, L, d) -> (1, k, L, d)
+        mask = torch.ones(
+            queries.shape[:1] + queries.shape[2:3], dtype=torch.bool, device=head_device
+        )  # (1, L)
+        keys = capture.image_keys.unsqueeze(0)  # (k, P, d) -> (1, k, P, d)
+        values = capture.image_values.unsqueeze(0)  # (k, P, d) -> (1, k, P, d)
+        out = self.head(queries, mask, keys, values, (grid.rows, grid.cols))
+        logits = out.heatmap[0].float()  # (s·rows, s·cols)
+        prob = logits.flatten().softmax(0).reshape(logits.shape).cpu().numpy()  # (s·rows·s·cols,) -> map
+        patch_prob = out.attn_logits[0].float().sigmoid().mean(0).cpu().numpy()  # (k, P) -> (P,)
+        upscale = self.head.config.upscale
+        best, peaks = self._peaks(prob)
+
+        def cell_score(peak: Peak) -> float:
+            row = min(max(int((peak.row + 0.5) // upscale), 0), grid.rows - 1)
+            col = min(max(int((peak.col + 0.5) // upscale), 0), grid.cols - 1)
+            return float(patch_prob[row * grid.cols + col])  # row-major (rows, cols) -> (P,)
+
+        points = [(*grid.heatmap_to_pixel(p.row, p.col, upscale), cell_score(p)) for p in peaks]
+        x, y, score = points[0]
+        return PointResult(
+            x=x, y=y, score=score, found=False, method="a2p", latency_ms=0.0, query=query,
+            heatmap=prob.astype(np.float32), grid=grid, upscale=upscale, points=points,
+        )  # fmt: skip
+
+    def _point_attention(self, image: np.ndarray, query: str) -> PointResult:
+        capture = self.backbone.capture(image, query, self.heads, truncate=True)
+        grid = capture.grid
+        heatmap = attention_heatmap(capture)
+        best, peaks = self._peaks(heatmap)
+        # Kang et al. point at the argmax patch's centre; sub-pixel refinement is an option on top.
+        points = [(*grid.heatmap_to_pixel(p.row, p.col, 1), peak_share(heatmap, p)) for p in peaks]
+        x, y, score = points[0]
+        return PointResult(
+            x=x, y=y, score=score, found=False, method="attention", latency_ms=0.0, query=query,
+            heatmap=heatmap, grid=grid, upscale=1, points=points,
+        )  # fmt: skip
+
+    def _point_text(self, image: np.ndarray, query: str) -> PointResult:
+        family = self.backbone.info.family
+        prompt = text_prompt(family, query, mode=self.prompt_mode)
+        answer = self.backbone.generate(image, prompt, max_new_tokens=self.max_new_tokens)
+        height, width = image.shape[:2]
+        grid: ImageGrid | None = None
+        if family == "qwen2_5_vl":  # Qwen answers in pixels of the resized input: need the processor's grid
+            _, grid = self.backbone.prepare(image, self.backbone.build_prompt(prompt))
+            parse = parse_answer(family, answer, processed_size=grid.processed_size)
+        else:
+            parse = parse_answer(family, answer)
+        frame = grid or ImageGrid(1, 1, (width, height), (width, height), (1.0, 1.0), (0.0, 0.0))
+        pixels = [(x, y) for x, y in to_original_pixels(parse, frame) if 0 <= x <= width and 0 <= y <= height]
+        if not pixels:
+            return PointResult(
+                x=float("nan"), y=float("nan"), score=0.0, found=False, method="text", latency_ms=0.0,
+                query=query, text=answer,
+            )  # fmt: skip
+        return PointResult(
+            x=pixels[0][0], y=pixels[0][1], score=1.0, found=False, method="text", latency_ms=0.0,
+            query=query, points=[(x, y, 1.0) for x, y in pixels], text=answer,
+        )  # fmt: skip
+
+    def describe(self) -> dict[str, Any]:
+        """What is loaded: method, backbone info, heads."""
+        return {
+            "method": self.method,
+            "backbone": asdict(self.backbone.info),
+            "heads": [str(h) for h in self.heads],
+            "threshold": self.threshold,
+        }

@@ -1,0 +1,148 @@
+"""``part-point`` as users run it: a subprocess, exit codes, one-line errors, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.run(
+        [sys.executable, "-m", "part_point_ros.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("part-point: error: ")
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def image_png(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(path), rng.integers(0, 256, size=(72, 96, 3), dtype=np.uint8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def llava_head(tiny_llava_dir, tmp_path_factory) -> Path:
+    """A fresh random head for the tiny LLaVA (real HeadConfig + safetensors, built by the heads code)."""
+    from part_point_ros.backbones.registry import load_backbone
+    from part_point_ros.heads import HeadConfig, PartPointHead
+
+    info = load_backbone(str(tiny_llava_dir), max_layer=0).info
+    torch.manual_seed(0)
+    config = HeadConfig(
+        backbone=asdict(info), heads=[(1, 0), (2, 1)], d_head=info.head_dim, d_fused=32, norm_groups=8
+    )
+    return PartPointHead(config).save_pretrained(tmp_path_factory.mktemp("head"))
+
+
+def test_point_json_and_overlay(image_png, tiny_llava_dir, llava_head, tmp_path):
+    overlay = tmp_path / "overlay.png"
+    proc = run_cli(
+        "point", str(image_png), "the handle of the mug", "--head", str(llava_head), "--backbone",
+        str(tiny_llava_dir), "--json", "--overlay", str(overlay),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for key in ("x", "y", "score", "found", "method", "latency_ms"):
+        assert key in out
+    assert out["method"] == "a2p" and 0 <= out["x"] <= 96 and 0 <= out["y"] <= 72
+    assert isinstance(out["found"], bool) and out["latency_ms"] > 0
+    written = cv2.imread(str(overlay))
+    assert written.shape == (72, 96, 3)
+    assert not np.array_equal(written, cv2.imread(str(image_png)))  # heatmap and marker drawn
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda d: d / "missing.png", "no such file"),
+        (lambda d: d, "is a directory"),
+        (lambda d: (d / "notes.png").write_text("not an image") and d / "notes.png", "cannot decode"),
+        (lambda d: cv2.imwrite(str(d / "deep.png"), np.zeros((8, 8), np.uint16)) and d / "deep.png", "16"),
+        (
+            lambda d: cv2.imwrite(str(d / "rgba.png"), np.zeros((8, 8, 4), np.uint8)) and d / "rgba.png",
+            "alpha",
+        ),
+        (
+            lambda d: cv2.imwrite(str(d / "grey.png"), np.zeros((8, 8), np.uint8)) and d / "grey.png",
+            "--allow-grey",
+        ),
+    ],
+)
+def test_bad_image_files(tmp_path, make, needle):
+    path = make(tmp_path)
+    proc = run_cli("point", str(path), "the handle of the mug", "--backbone", "unused")
+    assert_one_line_error(proc, needle)
+
+
+@pytest.mark.parametrize(
+    ("query", "needle"), [("", "query is empty"), ("  ", "query is empty"), ("q" * 1200, "1000")]
+)
+def test_bad_queries(image_png, query, needle):
+    assert_one_line_error(run_cli("point", str(image_png), query, "--backbone", "unused"), needle)
+
+
+def test_unknown_backbone_dir(image_png, tmp_path, capsys):
+    """In-process (same code path as the console script; saves one transformers import)."""
+    from part_point_ros.cli.main import main
+
+    code = main(
+        ["point", str(image_png), "the lid", "--backbone", str(tmp_path / "nowhere"), "--method", "text"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith("part-point: error: ") and "nowhere" in err[0]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"model_type": "bert"}')
+    code = main(
+        ["point", str(image_png), "the lid", "--backbone", str(tmp_path / "other"), "--method", "text"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "not supported" in err[0]
+
+
+def test_head_for_another_backbone(image_png, tiny_qwen_dir, llava_head):
+    proc = run_cli(
+        "point", str(image_png), "the lid", "--backbone", str(tiny_qwen_dir), "--head", str(llava_head)
+    )
+    assert_one_line_error(proc, "family", "llava", "qwen2_5_vl")
+
+
+def test_missing_head_dir(image_png, tmp_path):
+    proc = run_cli("point", str(image_png), "the lid", "--head", str(tmp_path / "nohead"))
+    assert_one_line_error(proc, "nohead")
+
+
+def test_placeholders_and_usage():
+    proc = run_cli("train")
+    assert proc.returncode == 2 and "not implemented yet" in proc.stderr
+    proc = run_cli("point")
+    assert proc.returncode == 2 and "usage" in proc.stderr  # argparse: missing IMAGE and QUERY
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and "select-heads" in proc.stdout and "bench" in proc.stdout
