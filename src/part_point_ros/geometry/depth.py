@@ -1,0 +1,72 @@
+"""Depth images: to metres, and a robust depth reading at a pixel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from part_point_ros.errors import InputError
+
+# encodings of aligned depth images: 16-bit millimetres (RealSense, Kinect) or float metres
+DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
+
+
+def depth_to_metres(depth: np.ndarray, encoding: str) -> np.ndarray:
+    """A depth image (H, W) in its encoding -> float32 metres, invalid pixels (0, NaN, inf) -> NaN."""
+    if encoding in ("16UC1", "mono16"):
+        if depth.dtype != np.uint16:
+            raise InputError(f"{encoding} depth must be uint16 millimetres, got {depth.dtype}")
+        out = depth.astype(np.float32) * np.float32(0.001)
+        out[depth == 0] = np.nan
+        return out
+    if encoding == "32FC1":
+        out = np.asarray(depth, dtype=np.float32).copy()
+        out[~np.isfinite(out) | (out <= 0)] = np.nan
+        return out
+    raise InputError(f"depth encoding {encoding!r} is not supported: use one of {', '.join(DEPTH_ENCODINGS)}")
+
+
+@dataclass(frozen=True)
+class DepthReading:
+    """Robust depth at a pixel: ``value`` in metres, or None with a one-line ``reason``."""
+
+    value: float | None
+    n_valid: int
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+
+def robust_depth(
+    depth_m: np.ndarray,
+    u: float,
+    v: float,
+    *,
+    window: int = 5,
+    min_depth: float = 0.1,
+    max_depth: float = 10.0,
+    min_valid: int = 3,
+) -> DepthReading:
+    """Median depth of the valid pixels in a ``window`` x ``window`` box centred on (u, v).
+
+    Valid means finite and within [min_depth, max_depth] metres. Fewer than ``min_valid`` valid
+    pixels (or a pixel off the image) gives ``DepthReading(None, n, reason)``.
+    """
+    h, w = depth_m.shape[:2]
+    col, row = int(round(u)), int(round(v))
+    if not (0 <= col < w and 0 <= row < h):
+        return DepthReading(None, 0, f"pixel ({u:.1f}, {v:.1f}) is outside the {w}x{h} depth image")
+    half = max(window, 1) // 2
+    patch = depth_m[max(row - half, 0) : row + half + 1, max(col - half, 0) : col + half + 1]
+    valid = patch[np.isfinite(patch) & (patch >= min_depth) & (patch <= max_depth)]
+    if valid.size < min_valid:
+        return DepthReading(
+            None,
+            int(valid.size),
+            f"no valid depth at ({u:.1f}, {v:.1f}): {valid.size} of {patch.size} pixels in the "
+            f"{window}x{window} window are within [{min_depth}, {max_depth}] m",
+        )
+    return DepthReading(float(np.median(valid)), int(valid.size))

@@ -1,0 +1,147 @@
+"""Real ROS 2 nodes in tests: an isolated DDS domain, a background executor, discovery waits.
+
+Use in a test module:
+
+    rclpy = pytest.importorskip("rclpy", reason="...")   # the only reason to skip
+    from ros_helpers import ros_fixture                   # noqa: F401  (the fixture `ros`)
+
+The ``ros`` fixture (one per test session) picks a ROS_DOMAIN_ID of its own and limits discovery
+to this machine BEFORE rclpy starts, so parallel test runs never see each other; it spins every
+node added to it in a MultiThreadedExecutor on a background thread. Waiting is on conditions
+(matched subscription counts, received messages), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+DISCOVERY_TIMEOUT_S = 15.0
+MESSAGE_TIMEOUT_S = 15.0
+
+
+class RosHarness:
+    """An rclpy context with a background executor; nodes made or added here are spun and destroyed."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import MultiThreadedExecutor
+
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self._nodes: list = []
+        self._thread = threading.Thread(target=self._spin, name="ros-test-executor", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    def add(self, node):
+        """Spin ``node`` (built with ``context=harness.context``) until the end of the test session."""
+        self._nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def node(self, name: str):
+        """A plain helper node in this context."""
+        from rclpy.node import Node
+
+        return self.add(Node(name, context=self.context))
+
+    def remove(self, node) -> None:
+        self.executor.remove_node(node)
+        self._nodes.remove(node)
+        node.destroy_node()
+
+    def shutdown(self) -> None:
+        for node in list(self._nodes):
+            self.remove(node)
+        self.executor.shutdown()
+        self.context.try_shutdown()
+        self._thread.join(timeout=5.0)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = MESSAGE_TIMEOUT_S) -> None:
+    """Poll ``condition`` until it holds; fail the test naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def wait_for_match(publisher, count: int = 1, timeout: float = DISCOVERY_TIMEOUT_S) -> None:
+    """Wait until ``publisher`` has matched ``count`` subscriptions (DDS discovery done)."""
+    wait_until(
+        lambda: publisher.get_subscription_count() >= count,
+        f"{count} subscriber(s) on {publisher.topic_name}",
+        timeout,
+    )
+
+
+def node_publisher(node, topic: str):
+    """The publisher of ``node`` on ``topic`` (to wait until it has matched our subscriptions)."""
+    for pub in node.publishers:
+        if pub.topic_name == topic:
+            return pub
+    raise AssertionError(
+        f"{node.get_name()} has no publisher on {topic}; it has {[p.topic_name for p in node.publishers]}"
+    )
+
+
+class Inbox:
+    """Collects the messages of one subscription; thread-safe; ``wait(n)`` returns the first n."""
+
+    def __init__(self, node, msg_type, topic: str, qos) -> None:
+        self._lock = threading.Lock()
+        self.messages: list = []
+        self.subscription = node.create_subscription(msg_type, topic, self._on_msg, qos)
+
+    def _on_msg(self, msg) -> None:
+        with self._lock:
+            self.messages.append(msg)
+
+    def wait(self, n: int = 1, timeout: float = MESSAGE_TIMEOUT_S) -> list:
+        wait_until(
+            lambda: len(self.messages) >= n, f"{n} message(s) on {self.subscription.topic_name}", timeout
+        )
+        with self._lock:
+            return list(self.messages[:n])
+
+
+def isolate_dds() -> dict[str, str | None]:
+    """Own ROS_DOMAIN_ID (from the process id) and localhost-only discovery; returns the old values."""
+    old = {
+        k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY")
+    }
+    os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)  # 1..100: valid for Fast DDS ports
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.pop("ROS_LOCALHOST_ONLY", None)  # deprecated in Jazzy; conflicts with the range
+    return old
+
+
+@pytest.fixture(scope="session", name="ros")
+def ros_fixture() -> Iterator[RosHarness]:
+    """One isolated rclpy context per test session, spinning in a background thread."""
+    old = isolate_dds()
+    harness = RosHarness()
+    try:
+        yield harness
+    finally:
+        harness.shutdown()
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
