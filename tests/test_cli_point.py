@@ -140,8 +140,8 @@ def test_missing_head_dir(image_png, tmp_path):
 
 
 def test_placeholders_and_usage():
-    proc = run_cli("train")
-    assert proc.returncode == 2 and "not implemented yet" in proc.stderr
+    proc = run_cli("train", "cache_dir=/nonexistent/cache")  # no cache yet: says which verb to run first
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "run part-point cache" in proc.stderr
     proc = run_cli("point")
     assert proc.returncode == 2 and "usage" in proc.stderr  # argparse: missing IMAGE and QUERY
     proc = run_cli("--help")

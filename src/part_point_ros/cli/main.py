@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from part_point_ros.cli import train_commands
+
 PROG = "part-point"
 # Verbs other parts of the project will fill in; until then they say so and exit 2.
-PLACEHOLDER_ISSUES = {"cache": "5", "train": "5", "eval": "5", "demo": "4"}
+PLACEHOLDER_ISSUES = {"demo": "4"}
 
 
 class UserError(Exception):
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     _add_backbone_options(bench)
 
+    COMMANDS.update(train_commands.register(sub))
     for verb, issue in PLACEHOLDER_ISSUES.items():
         holder = sub.add_parser(verb, help=f"not implemented yet (issue {issue})")
         holder.add_argument("rest", nargs=argparse.REMAINDER)
