@@ -1,0 +1,199 @@
+"""What part_point_node keeps of the camera, and the lift of a pixel to a grasp pose with it.
+
+``CameraBuffer`` holds the last colour frames, the camera model from camera_info, the last aligned
+depth frames (matched to a colour stamp), and the camera's extrinsics (static ones, the latched
+extrinsics topic, or tf2 when it is installed). It is written by subscription callbacks and read by
+the inference worker, so every access takes its lock. Every failure is a one-line reason, never an
+exception.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+import numpy as np
+from builtin_interfaces.msg import Time as TimeMsg
+from geometry_msgs.msg import PoseStamped, TransformStamped
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from part_point_ros.errors import PartPointError
+from part_point_ros.geometry.camera import PinholeCamera
+from part_point_ros.geometry.depth import depth_to_metres
+from part_point_ros.geometry.transforms import RigidTransform
+from part_point_ros.ros.conversions import (
+    camera_from_camera_info,
+    image_to_numpy,
+    pose_stamped_msg,
+    stamp_to_seconds,
+    transform_from_msg,
+)
+
+try:  # tf2_ros comes with a system ROS install; the PyPI wheels do not have it
+    import tf2_ros
+except ImportError:
+    tf2_ros = None
+
+
+class CameraBuffer:
+    """Latest colour frame, camera model, aligned depth frames by stamp, and camera extrinsics.
+
+    Args:
+        depth_size: colour and depth frames kept for stamp matching.
+        static: fixed transforms (hand-eye calibration), parent <- child.
+        tf_buffer: a ``tf2_ros.Buffer`` to ask when no static or topic transform fits, or None.
+        depth_topic, camera_info_topic: named in the reasons.
+    """
+
+    def __init__(
+        self,
+        *,
+        depth_size: int,
+        static: list[RigidTransform] | None = None,
+        tf_buffer: Any = None,
+        depth_topic: str = "depth",
+        camera_info_topic: str = "camera_info",
+    ) -> None:
+        self._lock = threading.Lock()
+        self._colors: deque[Image] = deque(maxlen=depth_size)
+        self._camera: PinholeCamera | None = None
+        self._depth: deque[Image] = deque(maxlen=depth_size)
+        self._static = list(static or [])
+        self._from_topic: dict[tuple[str, str], RigidTransform] = {}
+        self._tf_buffer = tf_buffer
+        self._depth_topic = depth_topic
+        self._camera_info_topic = camera_info_topic
+
+    # ------------------------------------------------------------------ writers (subscriptions)
+    def add_color(self, msg: Image) -> None:
+        with self._lock:
+            self._colors.append(msg)
+
+    def add_camera_info(self, msg: CameraInfo) -> str:
+        """'' when taken, else why the camera_info was dropped."""
+        try:
+            camera = camera_from_camera_info(msg)
+        except PartPointError as err:
+            return str(err)
+        with self._lock:
+            self._camera = camera
+        return ""
+
+    def add_depth(self, msg: Image) -> None:
+        with self._lock:
+            self._depth.append(msg)
+
+    def add_extrinsics(self, msg: TransformStamped) -> str:
+        """'' when taken (the latest per frame pair wins), else why it was dropped."""
+        try:
+            t = transform_from_msg(msg)
+        except PartPointError as err:
+            return f"extrinsics dropped: {err}"
+        with self._lock:
+            self._from_topic[(t.parent_frame, t.child_frame)] = t
+        return ""
+
+    # ------------------------------------------------------------------ readers
+    @property
+    def color(self) -> Image | None:
+        """The latest colour frame (a message), or None before the first."""
+        with self._lock:
+            return self._colors[-1] if self._colors else None
+
+    def synced_color(self, tolerance: float) -> Image | None:
+        """The newest colour frame that has a depth frame within ``tolerance`` s, else the newest one.
+
+        Camera streams are best effort: the depth frame of the very latest colour frame may be lost
+        or still on its way, and the frame before it can still be lifted to 3D.
+        """
+        with self._lock:
+            colors, depth = list(self._colors), [stamp_to_seconds(m.header.stamp) for m in self._depth]
+        for msg in reversed(colors):
+            t = stamp_to_seconds(msg.header.stamp)
+            if any(abs(d - t) <= tolerance for d in depth):
+                return msg
+        return colors[-1] if colors else None
+
+    @property
+    def camera(self) -> PinholeCamera | None:
+        with self._lock:
+            return self._camera
+
+    @property
+    def extrinsics(self) -> list[RigidTransform]:
+        """Known transforms: static ones first, then those from the extrinsics topic."""
+        with self._lock:
+            return [*self._static, *self._from_topic.values()]
+
+    def depth_near(self, stamp: TimeMsg, tolerance: float) -> Image | str:
+        """The depth frame nearest to ``stamp`` within ``tolerance`` seconds, or why there is none."""
+        with self._lock:
+            frames = list(self._depth)
+        if not frames:
+            return f"no depth image received on {self._depth_topic}"
+        t = stamp_to_seconds(stamp)
+        best = min(frames, key=lambda m: abs(stamp_to_seconds(m.header.stamp) - t))
+        if abs(stamp_to_seconds(best.header.stamp) - t) > tolerance:
+            newest = max(stamp_to_seconds(m.header.stamp) for m in frames)
+            return (
+                f"no depth image within {tolerance:g} s of the image stamp {t:.3f} on {self._depth_topic} "
+                f"(newest {newest:.3f})"
+            )
+        return best
+
+    def transform(self, target: str, source: str, stamp: TimeMsg) -> RigidTransform | str:
+        """T_target_source from the known extrinsics or tf2, or why there is none."""
+        if target == source:
+            return RigidTransform.identity(target)
+        known = self.extrinsics
+        for t in known:
+            if (t.parent_frame, t.child_frame) == (target, source):
+                return t
+            if (t.parent_frame, t.child_frame) == (source, target):
+                return t.inverse()
+        if self._tf_buffer is not None:
+            errors = (tf2_ros.LookupException, tf2_ros.ConnectivityException, tf2_ros.ExtrapolationException)
+            for when in (Time.from_msg(stamp), Time()):  # at the stamp, else the latest
+                try:
+                    return transform_from_msg(self._tf_buffer.lookup_transform(target, source, when))
+                except errors:
+                    continue
+        names = ", ".join(f"{t.parent_frame}<-{t.child_frame}" for t in known) or "none"
+        tf = "has none" if self._tf_buffer is not None else "not in use"
+        return f"no transform from {source!r} to {target!r} (known: {names}; tf2 {tf})"
+
+    # ------------------------------------------------------------------ lifting
+    def lift(
+        self, header: Header, u: float, v: float, target_frame: str, *, lifter: Any, tolerance: float
+    ) -> tuple[np.ndarray, np.ndarray, PoseStamped] | str:
+        """Pixel (u, v) of the colour image with ``header`` -> (point, normal) in its optical frame
+        and the grasp pose in ``target_frame`` (geometry.GraspLifter ``lifter``), or why not."""
+        optical = header.frame_id
+        if not optical:
+            return "the image has no frame_id: cannot place the point in 3D"
+        depth = self.depth_near(header.stamp, tolerance)
+        if isinstance(depth, str):
+            return depth
+        camera = self.camera
+        if camera is None:
+            return f"no camera_info received on {self._camera_info_topic}"
+        if depth.header.frame_id and depth.header.frame_id != optical:
+            return (
+                f"depth is in frame {depth.header.frame_id!r} but the image in {optical!r}: "
+                "use depth aligned to the colour image"
+            )
+        try:
+            depth_m = depth_to_metres(image_to_numpy(depth), depth.encoding)
+        except PartPointError as err:
+            return f"depth image unusable: {err}"
+        result = lifter.lift(u, v, depth_m, camera)
+        if not result.ok:
+            return result.reason
+        to_target = self.transform(target_frame, optical, header.stamp)
+        if isinstance(to_target, str):
+            return to_target
+        grasp = to_target @ RigidTransform(result.pose.matrix, optical, "grasp")
+        return result.point, result.normal, pose_stamped_msg(grasp, header.stamp)

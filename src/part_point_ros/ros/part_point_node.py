@@ -1,0 +1,673 @@
+"""part_point_node: a lifecycle node that points at object parts from language (PartPointer).
+
+Lifecycle (rclpy.lifecycle):
+  configure   loads backbone + head (a failure -> FAILURE, reason logged in one line and kept in
+              ``last_error``), creates the publishers, the ``/point_part`` service, the extrinsics
+              subscription and starts the inference worker
+  activate    subscribes to the camera (colour, camera_info, aligned depth) and the command topic,
+              enables the publishers and the /diagnostics timer
+  deactivate  unsubscribes; the service answers "not active"
+  cleanup     stops the worker (queued requests are answered), frees the model
+
+Inputs:   image_topic (rgb8/bgr8), camera_info_topic, depth_topic (16UC1 mm / 32FC1 m, aligned to
+          colour), command_topic (std_msgs/String: a query on the latest frame), extrinsics_topic
+          (latched geometry_msgs/TransformStamped, e.g. from sim_camera_node).
+Outputs:  points_topic (PartPointArray, header = image stamp + optical frame), heatmap_topic
+          (32FC1 or mono8, image size), overlay_topic (rgb8), /diagnostics.
+Service:  /point_part (part_point_ros/srv/PointPart).
+
+Concurrency: inference runs in ONE worker thread fed by a bounded queue (``queue_size``). The
+service callback is a coroutine in a reentrant callback group: it validates the request, queues a
+job and awaits an rclpy Future that the worker completes, so no executor thread waits on inference
+and a full queue is answered at once with "busy: N requests queued".
+
+"Latest frame" is the newest colour frame that has an aligned depth frame within ``stamp_tolerance``
+(camera streams are best effort: the newest frame's depth may be lost), else the newest colour frame;
+it is refused when older than ``max_image_age_s`` by the node's clock.
+
+Grasp poses (service only; ros.camera_buffer): the colour stamp picks the depth frame,
+geometry.GraspLifter lifts the pixel, and the optical frame goes to the target frame by static
+extrinsics (``extrinsics_file``, ``extrinsics.*``), the extrinsics topic, or tf2 when tf2_ros is
+importable. A part that is found without a usable depth frame (none yet, none at that stamp, no valid
+depth at the pixel, no transform) is answered success: true, has_grasp_pose: false, with the reason
+in ``message`` and ``point.message``: the 2D answer stays useful. Points published on points_topic
+carry the same 3D fields; depth_fusion_node lifts them again for the grasp_pose and marker topics.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, TransformStamped
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.task import Future
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header, String
+
+from part_point_ros.errors import CheckpointError, InputError, PartPointError
+from part_point_ros.geometry.calib import load_extrinsics
+from part_point_ros.geometry.transforms import RigidTransform
+from part_point_ros.grounding.inputs import check_query
+from part_point_ros.grounding.result import PointResult, draw_overlay
+from part_point_ros.msg import PartPoint, PartPointArray
+from part_point_ros.ros.camera_buffer import CameraBuffer
+from part_point_ros.ros.conversions import image_to_numpy, numpy_to_image, point_msg, vector_msg
+from part_point_ros.ros.params import PART_POINT_PARAMS, check_changes, declare
+from part_point_ros.ros.qos import QOS_OVERRIDES, latched_qos, results_qos, sensor_qos
+from part_point_ros.ros.spin import ros_context
+from part_point_ros.srv import PointPart
+
+try:  # tf2_ros comes with a system ROS install; the PyPI wheels do not have it
+    import tf2_ros
+except ImportError:
+    tf2_ros = None
+
+NODE_NAME = "part_point_node"
+COLOUR_ENCODINGS = ("rgb8", "bgr8")
+LOG_THROTTLE_S = 2.0
+
+_CONFIGURE_TIME = {s.name for s in PART_POINT_PARAMS if s.configure_time}
+# Publishers and subscriptions made and destroyed in lifecycle transitions get no QoS event handlers:
+# with rclpy 7 (Jazzy) a MultiThreadedExecutor thread that builds its wait set while another thread
+# destroys an entity's event handler dies with InvalidHandle. Little is lost: the camera subscriptions
+# (best effort, volatile) and the publishers (reliable) match every peer with a default profile; only a
+# best-effort publisher on the command topic goes without the "incompatible QoS" warning.
+_NO_SUB_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
+_NO_PUB_EVENTS = PublisherEventCallbacks(use_default_callbacks=False)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, PartPointError):
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+class _Refused(Exception):
+    """A request that cannot be served; the message is the answer."""
+
+
+@dataclass
+class _Job:
+    query: str
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    header: Header  # stamp + optical frame of the image
+    target_frame: str
+    future: Future | None  # None for commands from the topic
+
+
+@dataclass
+class _Outcome:
+    success: bool
+    message: str
+    point: PartPoint
+    grasp_pose: PoseStamped | None = None
+
+
+@dataclass
+class _Stats:
+    served: int = 0
+    failed: int = 0
+    busy: int = 0
+    last_latency_ms: float = float("nan")
+    last_message: str = ""
+
+
+class PartPointNode(LifecycleNode):
+    """Language -> part point (+ grasp pose) on the latest camera frame or a given image."""
+
+    def __init__(self, *, node_name: str = NODE_NAME, **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        declare(self, PART_POINT_PARAMS)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
+        self._wake = self.create_guard_condition(lambda: None)  # resumes awaiting service calls
+        self.model_lock = threading.Lock()  # held by the worker during inference
+        self.last_error = ""
+        self.stats = _Stats()
+        self._pointer: Any = None
+        self._configured = False
+        self._active = False
+        self._jobs: queue.Queue | None = None
+        self._worker: threading.Thread | None = None
+        self._in_flight = 0
+        self.camera = CameraBuffer(depth_size=1)
+        self._tf_listener = None
+        self._pubs: dict[str, Any] = {}
+        self._subs: list[Any] = []
+        self._service = None
+        self._extrinsics_sub = None
+        self._diag_timer = None
+
+    # ------------------------------------------------------------------ parameters
+    def _p(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        reason = check_changes(PART_POINT_PARAMS, params)
+        if not reason and self._configured:
+            late = [p.name for p in params if p.name in _CONFIGURE_TIME and p.value != self._p(p.name)]
+            if late:
+                names = ", ".join(late)
+                reason = (
+                    f"{names} is read on configure: deactivate and clean up, set it, then configure again"
+                )
+        if not reason:
+            new = {p.name: p.value for p in params}
+            lo, hi = new.get("min_depth", self._p("min_depth")), new.get("max_depth", self._p("max_depth"))
+            if lo >= hi:
+                reason = f"min_depth ({lo}) must be below max_depth ({hi})"
+        return SetParametersResult(successful=not reason, reason=reason)
+
+    def _after_set_parameters(self, params: list[Parameter]) -> None:
+        if self._pointer is not None and any(p.name == "score_threshold" for p in params):
+            self._pointer.threshold = self._threshold(self._pointer.method)
+
+    def _threshold(self, method: str) -> float:
+        from part_point_ros.grounding.pointer import DEFAULT_THRESHOLDS
+
+        value = self._p("score_threshold")
+        return DEFAULT_THRESHOLDS[method] if value < 0 else float(value)
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._pointer = self._load_pointer()
+            static = self._load_static_extrinsics()
+        except Exception as err:  # noqa: BLE001 - every loading failure is a FAILURE with its reason
+            self._pointer = None
+            self.last_error = f"configure failed: {_one_line(err)}"
+            self.get_logger().error(self.last_error)
+            return TransitionCallbackReturn.FAILURE
+        tf_buffer = None
+        if self._p("use_tf") and tf2_ros is not None:
+            tf_buffer = tf2_ros.Buffer()
+            self._tf_listener = tf2_ros.TransformListener(tf_buffer, self)
+        self.camera = CameraBuffer(
+            depth_size=self._p("depth_buffer_size"),
+            static=static,
+            tf_buffer=tf_buffer,
+            depth_topic=self._p("depth_topic"),
+            camera_info_topic=self._p("camera_info_topic"),
+        )
+
+        def publisher(msg_type, topic: str, qos):
+            return self.create_lifecycle_publisher(msg_type, topic, qos, event_callbacks=_NO_PUB_EVENTS)
+
+        self._pubs = {
+            "points": publisher(PartPointArray, self._p("points_topic"), results_qos()),
+            "heatmap": publisher(Image, self._p("heatmap_topic"), latched_qos()),
+            "overlay": publisher(Image, self._p("overlay_topic"), latched_qos()),
+            "diagnostics": publisher(DiagnosticArray, "/diagnostics", results_qos()),
+        }
+        self._service = self.create_service(
+            PointPart, self._p("service_name"), self._on_point_part, callback_group=ReentrantCallbackGroup()
+        )
+        if self._p("extrinsics_topic"):
+            self._extrinsics_sub = self.create_subscription(
+                TransformStamped,
+                self._p("extrinsics_topic"),
+                self._on_extrinsics,
+                latched_qos(),
+                event_callbacks=_NO_SUB_EVENTS,
+            )
+        self._jobs = queue.Queue(maxsize=self._p("queue_size"))
+        self._worker = threading.Thread(target=self._work, name="part_point_inference", daemon=True)
+        self._worker.start()
+        self._configured = True
+        self.last_error = ""
+        info = self._pointer.backbone.info
+        self.get_logger().info(
+            f"configured: {self._pointer.method} on {info.name} ({self._p('device')}, {self._p('dtype')}); "
+            f"serving {self._p('service_name')}"
+        )
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        def camera_subscription(msg_type, topic: str, callback):
+            return self.create_subscription(
+                msg_type,
+                self._p(topic),
+                callback,
+                sensor_qos(),
+                qos_overriding_options=QOS_OVERRIDES,
+                event_callbacks=_NO_SUB_EVENTS,
+            )
+
+        self._subs = [
+            camera_subscription(Image, "image_topic", self.camera.add_color),
+            camera_subscription(CameraInfo, "camera_info_topic", self._on_camera_info),
+            camera_subscription(Image, "depth_topic", self.camera.add_depth),
+            self.create_subscription(
+                String,
+                self._p("command_topic"),
+                self._on_command,
+                results_qos(),
+                event_callbacks=_NO_SUB_EVENTS,
+            ),
+        ]
+        self._diag_timer = self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)
+        self._active = True
+        self.get_logger().info(
+            f"active: listening to {self._p('image_topic')} and {self._p('command_topic')}"
+        )
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown("part_point_node is cleaning up")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown("part_point_node is shutting down")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown("part_point_node hit an error")
+        return TransitionCallbackReturn.SUCCESS
+
+    def configure_and_activate(self) -> bool:
+        """Both transitions from here (autostart, bringup); False with ``last_error`` on failure."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            self.last_error = self.last_error or "activate failed"
+            return False
+        return True
+
+    def destroy_node(self) -> None:
+        self._teardown("part_point_node is being destroyed")
+        super().destroy_node()
+
+    def _load_pointer(self) -> Any:
+        method, head = self._p("method"), self._p("head") or None
+        if method == "a2p" and head is None:
+            raise CheckpointError(
+                "parameter 'head' is empty: method a2p needs a trained head directory "
+                "(set head, or use method attention/text with a backbone)"
+            )
+        looks_local = head is not None and (head.startswith(("/", ".", "~")) or head.count("/") != 1)
+        if method == "a2p" and looks_local and not Path(head).expanduser().is_dir():
+            raise CheckpointError(
+                f"head {head!r} is not a directory: give a trained head (config.json + model.safetensors)"
+            )
+        from part_point_ros.grounding import PartPointer
+
+        pointer = PartPointer.from_pretrained(
+            backbone=self._p("backbone") or None,
+            head=head,
+            method=method,
+            device=self._p("device"),
+            dtype=self._p("dtype"),
+            heads=self._p("heads_file") or None,
+            max_query_chars=self._p("max_query_chars"),
+        )
+        pointer.threshold = self._threshold(method)
+        return pointer
+
+    def _load_static_extrinsics(self) -> list[RigidTransform]:
+        found = []
+        if self._p("extrinsics_file"):
+            found.append(load_extrinsics(self._p("extrinsics_file")))
+        child = self._p("extrinsics.child_frame")
+        if child:
+            found.append(
+                RigidTransform.from_translation_quaternion(
+                    self._p("extrinsics.translation"),
+                    self._p("extrinsics.quaternion_xyzw"),
+                    parent_frame=self._p("extrinsics.parent_frame") or self._p("target_frame"),
+                    child_frame=child,
+                )
+            )
+        return found
+
+    def _stop_inputs(self) -> None:
+        self._active = False
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+
+    def _teardown(self, why: str) -> None:
+        self._stop_inputs()
+        if self._worker is not None:
+            while True:  # answer what is still queued, then stop the worker
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    self._finish(job, _Outcome(False, f"{why}: request dropped", PartPoint(query=job.query)))
+            self._jobs.put(None)
+            self._worker.join()
+            self._worker = None
+        for pub in self._pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs = {}
+        if self._service is not None:
+            self.destroy_service(self._service)
+            self._service = None
+        if self._extrinsics_sub is not None:
+            self.destroy_subscription(self._extrinsics_sub)
+            self._extrinsics_sub = None
+        self._tf_listener = None
+        with self.model_lock:
+            device = self._p("device")
+            self._pointer = None
+        self._configured = False
+        gc.collect()
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ inputs
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        dropped = self.camera.add_camera_info(msg)
+        if dropped:
+            self.get_logger().warning(dropped, throttle_duration_sec=LOG_THROTTLE_S)
+
+    def _on_extrinsics(self, msg: TransformStamped) -> None:
+        dropped = self.camera.add_extrinsics(msg)
+        if dropped:
+            self.get_logger().warning(dropped, throttle_duration_sec=LOG_THROTTLE_S)
+
+    def _on_command(self, msg: String) -> None:
+        try:
+            self._enqueue(self._make_job(msg.data, None, "", with_future=False))
+        except (_Refused, InputError) as err:
+            self.stats.failed += 1
+            self.get_logger().warning(f"command {msg.data[:60]!r} dropped: {err}", throttle_duration_sec=1.0)
+
+    # ------------------------------------------------------------------ the service
+    async def _on_point_part(self, request, response):
+        start = time.perf_counter()
+        try:
+            job = self._make_job(request.query, request.image, request.target_frame, method=request.method)
+            self._enqueue(job)
+        except (_Refused, InputError) as err:
+            outcome = _Outcome(False, str(err), PartPoint(query=request.query[:200]))
+            self.stats.failed += 1
+            self.stats.last_message = outcome.message
+        else:
+            outcome = await job.future
+        response.success = outcome.success
+        response.message = outcome.message
+        response.point = outcome.point
+        response.has_grasp_pose = outcome.grasp_pose is not None
+        if outcome.grasp_pose is not None:
+            response.grasp_pose = outcome.grasp_pose
+        response.latency_ms = (time.perf_counter() - start) * 1000.0
+        return response
+
+    def _make_job(
+        self,
+        query: str,
+        image: Image | None,
+        target_frame: str,
+        *,
+        method: str = "",
+        with_future: bool = True,
+    ) -> _Job:
+        """Validate a request (cheap checks, on the executor thread) and build its job."""
+        pointer = self._pointer
+        if not self._active or pointer is None:
+            state = "inactive" if self._configured else "unconfigured"
+            raise _Refused(f"part_point_node is not active ({state}): configure and activate it first")
+        text = check_query(query, max_chars=pointer.max_query_chars)
+        if method and method != pointer.method:
+            raise _Refused(
+                f"method {method!r} is not loaded: this node serves {pointer.method!r} (parameter method)"
+            )
+        if image is not None and image.width > 0 and image.height > 0:
+            rgb, header = _rgb(image, "the request's image"), image.header
+            if not header.frame_id:
+                camera = self.camera.camera
+                header = Header(stamp=header.stamp, frame_id=camera.frame_id if camera else "")
+        else:
+            rgb, header = self._latest_frame()
+        return _Job(
+            query=text,
+            image=rgb,
+            header=header,
+            target_frame=target_frame or self._p("target_frame"),
+            future=Future() if with_future else None,
+        )
+
+    def _latest_frame(self) -> tuple[np.ndarray, Header]:
+        msg = self.camera.synced_color(self._p("stamp_tolerance"))
+        topic = self._p("image_topic")
+        if msg is None:
+            raise _Refused(f"no image received on {topic} yet")
+        max_age = self._p("max_image_age_s")
+        age = (self.get_clock().now() - Time.from_msg(msg.header.stamp)).nanoseconds * 1e-9
+        if max_age > 0 and age > max_age:
+            raise _Refused(
+                f"latest image on {topic} is {age:.3f} s old (max_image_age_s {max_age:g}): "
+                "is the camera still publishing?"
+            )
+        return _rgb(msg, f"the image on {topic}"), msg.header
+
+    def _enqueue(self, job: _Job) -> None:
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            self.stats.busy += 1
+            raise _Refused(
+                f"busy: {self._jobs.qsize()} requests queued (queue_size {self._jobs.maxsize}); try again"
+            ) from None
+
+    @property
+    def queue_length(self) -> int:
+        """Jobs waiting for the worker (not counting the one being run)."""
+        return self._jobs.qsize() if self._jobs is not None else 0
+
+    @property
+    def in_flight(self) -> int:
+        """1 while the worker holds a job (waiting for the model or running it), else 0."""
+        return self._in_flight
+
+    # ------------------------------------------------------------------ the worker
+    def _work(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            self._in_flight = 1
+            try:
+                with self.model_lock:
+                    outcome = self._serve(job)
+            except Exception as err:  # noqa: BLE001 - the worker must answer every job and live on
+                outcome = _Outcome(False, f"internal error: {_one_line(err)}", PartPoint(query=job.query))
+                self.get_logger().error(outcome.message)
+            self._in_flight = 0
+            self._finish(job, outcome)
+
+    def _finish(self, job: _Job, outcome: _Outcome) -> None:
+        if outcome.success:
+            self.stats.served += 1
+        else:
+            self.stats.failed += 1
+        self.stats.last_message = outcome.message
+        if job.future is not None:
+            job.future.set_result(outcome)
+            self._wake.trigger()
+        elif not outcome.success:
+            self.get_logger().warning(f"{job.query!r}: {outcome.message}", throttle_duration_sec=1.0)
+
+    def _serve(self, job: _Job) -> _Outcome:
+        pointer = self._pointer
+        if pointer is None:
+            return _Outcome(False, "the model is not loaded", PartPoint(query=job.query))
+        try:
+            result = pointer.point(job.image, job.query)
+        except InputError as err:
+            return _Outcome(False, str(err), PartPoint(header=job.header, query=job.query))
+        self.stats.last_latency_ms = result.latency_ms
+        point = PartPoint(
+            header=job.header,
+            query=job.query,
+            u=float(result.x),
+            v=float(result.y),
+            score=float(result.score),
+            found=bool(result.found),
+        )
+        grasp = None
+        if not result.found:
+            if math.isfinite(result.x):
+                why = (
+                    f"part not found: score {result.score:.3f} is below the threshold {pointer.threshold:.3f}"
+                )
+            else:
+                why = "part not found: the model's answer holds no point in the image"
+            point.message = message = why
+        else:
+            where = f"found at ({result.x:.1f}, {result.y:.1f}), score {result.score:.3f}"
+            lifted = self._grasp(job, result.x, result.y)
+            if isinstance(lifted, str):
+                point.message = f"no grasp pose: {lifted}"
+                message = f"{where}; {point.message}"
+            else:
+                optical_point, normal, grasp = lifted
+                point.has_3d = True
+                point.point, point.normal, point.grasp_pose = (
+                    point_msg(optical_point),
+                    vector_msg(normal),
+                    grasp,
+                )
+                message = f"{where}; grasp pose in {grasp.header.frame_id}"
+        self._publish(job, result, point)
+        return _Outcome(bool(result.found), message, point, grasp)
+
+    def _grasp(self, job: _Job, u: float, v: float) -> tuple[np.ndarray, np.ndarray, PoseStamped] | str:
+        """(point, normal) in the optical frame and the grasp pose in the target frame, or why not."""
+        from part_point_ros.geometry.grasp import GraspLifter
+
+        lifter = GraspLifter(
+            depth_window=self._p("depth_window"),
+            normal_radius=self._p("normal_radius"),
+            min_depth=self._p("min_depth"),
+            max_depth=self._p("max_depth"),
+            min_points=self._p("min_points"),
+        )
+        return self.camera.lift(
+            job.header, u, v, job.target_frame, lifter=lifter, tolerance=self._p("stamp_tolerance")
+        )
+
+    # ------------------------------------------------------------------ outputs
+    def _publish(self, job: _Job, result: PointResult, point: PartPoint) -> None:
+        if not self._active:
+            return
+        self._pubs["points"].publish(PartPointArray(header=job.header, points=[point]))
+        if self._p("publish_heatmap") and result.heatmap is not None and result.grid is not None:
+            heat = result.heatmap_on_image()  # (H, W) float32 on the image
+            if self._p("heatmap_encoding") == "mono8":
+                top = float(heat.max())
+                heat = (
+                    (np.clip(heat / top, 0.0, 1.0) * 255.0).astype(np.uint8)
+                    if top > 0
+                    else heat.astype(np.uint8)
+                )
+                self._pubs["heatmap"].publish(numpy_to_image(heat, "mono8", header=job.header))
+            else:
+                self._pubs["heatmap"].publish(
+                    numpy_to_image(heat.astype(np.float32), "32FC1", header=job.header)
+                )
+        if self._p("publish_overlay"):
+            overlay = draw_overlay(job.image, result)
+            self._pubs["overlay"].publish(numpy_to_image(overlay, "rgb8", header=job.header))
+
+    def _publish_diagnostics(self) -> None:
+        pointer = self._pointer
+        color = self.camera.color
+        age = (
+            (self.get_clock().now() - Time.from_msg(color.header.stamp)).nanoseconds * 1e-9
+            if color is not None
+            else float("nan")
+        )
+        max_age = self._p("max_image_age_s")
+        status = DiagnosticStatus(name=f"{self.get_name()}: pointer", hardware_id=self._p("device"))
+        if pointer is None:
+            status.level, status.message = DiagnosticStatus.ERROR, "model not loaded"
+        elif color is None:
+            status.level, status.message = DiagnosticStatus.WARN, f"no image on {self._p('image_topic')} yet"
+        elif max_age > 0 and age > max_age:
+            status.level, status.message = DiagnosticStatus.WARN, f"latest image is {age:.1f} s old"
+        elif self._jobs is not None and self._jobs.full():
+            status.level, status.message = DiagnosticStatus.WARN, "queue full"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, "ready"
+        values = {
+            "model_loaded": str(pointer is not None).lower(),
+            "backbone": pointer.backbone.info.name if pointer is not None else "",
+            "method": pointer.method if pointer is not None else self._p("method"),
+            "queue_length": str(self.queue_length),
+            "queue_size": str(self._jobs.maxsize if self._jobs is not None else 0),
+            "in_flight": str(self.in_flight),
+            "last_latency_ms": f"{self.stats.last_latency_ms:.1f}",
+            "served": str(self.stats.served),
+            "failed": str(self.stats.failed),
+            "busy": str(self.stats.busy),
+            "image_age_s": f"{age:.3f}",
+            "last_message": self.stats.last_message,
+        }
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._pubs["diagnostics"].publish(array)
+
+
+def _rgb(msg: Image, what: str) -> np.ndarray:
+    """A colour sensor_msgs/Image -> (H, W, 3) uint8 RGB, or InputError naming the problem."""
+    if msg.encoding not in COLOUR_ENCODINGS:
+        raise InputError(
+            f"{what} has encoding {msg.encoding!r}: part_point_node needs {' or '.join(COLOUR_ENCODINGS)}"
+        )
+    pixels = image_to_numpy(msg)
+    return np.ascontiguousarray(pixels[..., ::-1]) if msg.encoding == "bgr8" else pixels
+
+
+def main(args: list[str] | None = None) -> int:
+    """``part_point_node``: spin on a MultiThreadedExecutor; ``autostart:=true`` configures + activates."""
+    try:
+        with ros_context(args):
+            node = PartPointNode()
+            executor = MultiThreadedExecutor()
+            executor.add_node(node)
+            try:
+                if node.get_parameter("autostart").value and not node.configure_and_activate():
+                    print(f"error: {node.last_error}", file=sys.stderr)
+                    return 1
+                executor.spin()
+            finally:
+                executor.shutdown()
+                node.destroy_node()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

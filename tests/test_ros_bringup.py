@@ -1,0 +1,199 @@
+"""part-point-ros (bringup): the config YAML, the flags, and the whole graph in one process over DDS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("rclpy", reason="rclpy is not importable: run scripts/setup.sh (ROS 2 wheels) first")
+
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from part_point_ros.srv import PointPart  # noqa: E402
+from ros_helpers import Inbox, ros_fixture, wait_until  # noqa: E402, F401
+
+from part_point_ros.ros.bringup import Bringup, node_parameters, parse_options  # noqa: E402
+from part_point_ros.ros.depth_fusion_node import DepthFusionNode  # noqa: E402
+from part_point_ros.ros.params import graph_overrides, load_node_parameters  # noqa: E402
+from part_point_ros.ros.part_point_node import PartPointNode  # noqa: E402
+from part_point_ros.ros.qos import results_qos  # noqa: E402
+from part_point_ros.ros.sim_camera_node import SimCameraNode  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "config" / "part_point.yaml"
+NODES = {
+    "part_point_node": PartPointNode,
+    "depth_fusion_node": DepthFusionNode,
+    "sim_camera_node": SimCameraNode,
+}
+
+
+def make_random_head(backbone_dir, out_dir):
+    """An untrained (random) PartPointHead for the tiny backbone, saved with save_pretrained."""
+    import torch
+
+    from part_point_ros.backbones.registry import load_backbone
+    from part_point_ros.heads import HeadConfig, PartPointHead
+
+    info = load_backbone(str(backbone_dir), max_layer=0).info
+    torch.manual_seed(0)
+    config = HeadConfig(
+        backbone=asdict(info), heads=[(1, 1), (2, 0)], d_head=info.head_dim, d_fused=32, norm_groups=8
+    )
+    return PartPointHead(config).save_pretrained(out_dir)
+
+
+def remove(ros, node) -> None:
+    """``ros.remove(node)`` once the executor no longer waits on the node's entities.
+
+    rclpy 7 (Jazzy): destroying a node while the executor thread builds its wait set with the node's
+    QoS event handlers kills that thread (InvalidHandle). After remove_node, the second of two no-op
+    executor tasks runs in a pass that started without the node.
+    """
+    ros.executor.remove_node(node)
+    for _ in range(2):
+        task = ros.executor.create_task(lambda: None)
+        wait_until(task.done, "an executor pass")
+    ros.remove(node)
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("name", sorted(NODES))
+def test_config_yaml_sets_only_declared_parameters_with_their_types(ros, name):
+    params = load_node_parameters(CONFIG, name)
+    assert len(params) >= 15
+    # a wrong type (5 for 5.0) or a value out of a descriptor's range raises while declaring
+    node = ros.add(NODES[name](context=ros.context, parameter_overrides=params))
+    try:
+        undeclared = [p.name for p in params if not node.has_parameter(p.name)]
+        assert undeclared == [], f"config/part_point.yaml sets undeclared parameters of {name}: {undeclared}"
+        for p in params:
+            assert node.get_parameter(p.name).value == p.value, p.name
+    finally:
+        remove(ros, node)
+
+
+def test_flags_mirror_the_launch_arguments_on_every_node(tmp_path):
+    options = parse_options(
+        [
+            "--params-file", str(CONFIG), "--head", "/heads/h1", "--method", "attention",
+            "--camera-namespace", "/cam2", "--depth-topic", "/depth/raw", "--target-frame", "world",
+            "--seed", "4", "--sim-camera",
+        ]
+    )  # fmt: skip
+    assert options.use_sim_camera and options.params_file == CONFIG
+
+    def values(node):
+        return {p.name: p.value for p in node_parameters(options, node)}
+
+    pp, fusion, sim = values("part_point_node"), values("depth_fusion_node"), values("sim_camera_node")
+    assert (pp["head"], pp["method"], pp["target_frame"]) == ("/heads/h1", "attention", "world")
+    assert pp["backbone"] == "" and pp["device"] == "cpu"  # not given: the file's values
+    assert pp["image_topic"] == sim["color_topic"] == "/cam2/color/image_raw"
+    assert (
+        pp["camera_info_topic"]
+        == fusion["camera_info_topic"]
+        == sim["color_info_topic"]
+        == "/cam2/color/camera_info"
+    )
+    assert pp["depth_topic"] == fusion["depth_topic"] == sim["depth_topic"] == "/depth/raw"
+    assert pp["extrinsics_topic"] == sim["extrinsics_topic"] == "/cam2/extrinsics"
+    assert sim["depth_info_topic"] == "/cam2/aligned_depth_to_color/camera_info"
+    assert fusion["target_frame"] == "world" and sim["seed"] == 4
+    # empty launch arguments keep the file's values
+    assert graph_overrides({"head": "", "seed": "", "camera_namespace": ""}) == {
+        "part_point_node": {},
+        "depth_fusion_node": {},
+        "sim_camera_node": {},
+    }
+
+
+@pytest.mark.ros
+def test_one_process_graph_answers_with_a_grasp_pose_that_depth_fusion_agrees_with(
+    ros, tiny_llava_dir, tmp_path
+):
+    from rclpy.context import Context
+
+    head = make_random_head(tiny_llava_dir, tmp_path / "head")
+    config = yaml.safe_load(CONFIG.read_text())
+    config["part_point_node"]["ros__parameters"].update(score_threshold=0.0, max_image_age_s=10.0)
+    config["sim_camera_node"]["ros__parameters"].update(width=160, height=120, rate_hz=10.0)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(config))
+    options = parse_options(
+        ["--params-file", str(params_file), "--head", str(head), "--camera-namespace", "/bringup_test/camera",
+         "--sim-camera", "--seed", "2", "--threads", "3"]
+    )  # fmt: skip
+
+    context = Context()
+    import rclpy
+
+    rclpy.init(context=context)
+    graph = Bringup(options, context=context)
+    spinner = threading.Thread(target=graph.spin, daemon=True)
+    try:
+        assert graph.start(), graph.part_point.last_error
+        spinner.start()
+        client_node = ros.node("bringup_test_client")
+        poses = Inbox(client_node, PoseStamped, "/part_point/grasp_pose", results_qos())
+        client = client_node.create_client(PointPart, "/point_part")
+        assert client.wait_for_service(timeout_sec=15.0)
+        camera = graph.part_point.camera
+        wait_until(
+            lambda: camera.synced_color(0.05) is not None and camera.extrinsics,
+            "camera frames and extrinsics",
+        )
+        future = client.call_async(PointPart.Request(query="the handle of the mug"))
+        wait_until(future.done, "the /point_part answer", 30.0)
+        answer = future.result()
+        assert answer.success and answer.has_grasp_pose, answer.message
+        assert answer.point.header.frame_id == "camera_color_optical_frame"
+        # depth_fusion_node lifted the published point with the same depth frame and camera pose
+        fused = poses.wait(1)[0]
+        assert fused.header == answer.grasp_pose.header
+        p, q = fused.pose.position, answer.grasp_pose.pose.position
+        np.testing.assert_allclose([p.x, p.y, p.z], [q.x, q.y, q.z], atol=1e-6)
+        remove(ros, client_node)
+    finally:
+        graph.shutdown()
+        spinner.join(timeout=10.0)
+        context.try_shutdown()
+
+
+@pytest.mark.slow
+def test_main_exits_non_zero_with_one_line_when_the_head_is_missing(tmp_path):
+    env = {
+        **os.environ,
+        "ROS_DOMAIN_ID": str(1 + (os.getpid() + 50) % 100),
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+    }
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    missing = tmp_path / "no_head_here"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "part_point_ros.ros.bringup",
+            "--params-file",
+            str(CONFIG),
+            "--head",
+            str(missing),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert (
+        len(errors) == 1 and str(missing) in errors[0] and errors[0].startswith("error: configure failed: ")
+    )
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,438 @@
+"""part_point_node over DDS: tiny real LLaVA + random head, fed by a real sim_camera_node.
+
+A client calls /point_part, drives the lifecycle through the node's ChangeState service and reads
+the published points, heatmap, overlay and /diagnostics. Waiting is on conditions, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="rclpy is not importable: run scripts/setup.sh (ROS 2 wheels) first")
+
+from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from part_point_ros.msg import PartPointArray  # noqa: E402
+from part_point_ros.srv import PointPart  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from ros_helpers import Inbox, node_publisher, ros_fixture, wait_for_match, wait_until  # noqa: E402, F401
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from part_point_ros.geometry.transforms import RigidTransform  # noqa: E402
+from part_point_ros.ros.conversions import numpy_to_image  # noqa: E402
+from part_point_ros.ros.part_point_node import PartPointNode  # noqa: E402
+from part_point_ros.ros.qos import latched_qos, results_qos  # noqa: E402
+from part_point_ros.ros.sim_camera_node import SimCameraNode  # noqa: E402
+
+NS = "/pp_test"
+CAMERA = f"{NS}/camera"
+NODE = "pp_test_node"
+SERVICE = f"{NS}/point_part"
+SEED, W, H = 3, 160, 120
+OPTICAL = "camera_color_optical_frame"
+QUERY = "the handle of the mug"
+CALL_TIMEOUT_S = 30.0
+
+
+def make_random_head(backbone_dir, out_dir, heads=((1, 0), (2, 3))):
+    """An untrained (random) PartPointHead for the tiny backbone, saved with save_pretrained."""
+    import torch
+
+    from part_point_ros.backbones.registry import load_backbone
+    from part_point_ros.heads import HeadConfig, PartPointHead
+
+    info = load_backbone(str(backbone_dir), max_layer=0).info
+    torch.manual_seed(0)
+    config = HeadConfig(
+        backbone=asdict(info), heads=list(heads), d_head=info.head_dim, d_fused=32, norm_groups=8
+    )
+    return PartPointHead(config).save_pretrained(out_dir)
+
+
+def node_params(head, **extra):
+    params = {
+        "head": str(head),
+        "score_threshold": 0.0,  # a random head: every answer counts as found
+        "queue_size": 1,
+        "max_image_age_s": 10.0,
+        "image_topic": f"{CAMERA}/color/image_raw",
+        "camera_info_topic": f"{CAMERA}/color/camera_info",
+        "depth_topic": f"{CAMERA}/aligned_depth_to_color/image_raw",
+        "extrinsics_topic": f"{CAMERA}/extrinsics",
+        "command_topic": f"{NS}/command",
+        "points_topic": f"{NS}/points",
+        "heatmap_topic": f"{NS}/heatmap",
+        "overlay_topic": f"{NS}/overlay",
+        "service_name": SERVICE,
+        "diagnostics_period_s": 0.2,
+        **extra,
+    }
+    return [Parameter(k, value=v) for k, v in params.items()]
+
+
+def synced(node) -> bool:
+    """The node holds a colour frame with its depth frame (what a grasp pose needs)."""
+    color = node.camera.synced_color(0.05)
+    return color is not None and not isinstance(node.camera.depth_near(color.header.stamp, 0.05), str)
+
+
+def remove(ros, node) -> None:
+    """``ros.remove(node)`` once the executor no longer waits on the node's entities.
+
+    rclpy 7 (Jazzy): destroying a node while the executor thread builds its wait set with the node's
+    QoS event handlers kills that thread (InvalidHandle). After remove_node, the second of two no-op
+    executor tasks runs in a pass that started without the node.
+    """
+    ros.executor.remove_node(node)
+    for _ in range(2):
+        task = ros.executor.create_task(lambda: None)
+        wait_until(task.done, "an executor pass")
+    ros.remove(node)
+
+
+class Client:
+    """Service clients of a helper node; every call waits for its answer (with a timeout)."""
+
+    def __init__(self, ros, name: str) -> None:
+        self.node = ros.node(name)
+        self._clients = {}
+
+    def client(self, srv_type, name: str):
+        if name not in self._clients:
+            client = self.node.create_client(srv_type, name)
+            assert client.wait_for_service(timeout_sec=CALL_TIMEOUT_S), f"service {name} did not appear"
+            self._clients[name] = client
+        return self._clients[name]
+
+    def call(self, srv_type, name: str, request):
+        future = self.client(srv_type, name).call_async(request)
+        wait_until(future.done, f"the answer of {name}", CALL_TIMEOUT_S)
+        return future.result()
+
+    def point(self, query: str = QUERY, service: str = SERVICE, **fields) -> PointPart.Response:
+        return self.call(PointPart, service, PointPart.Request(query=query, **fields))
+
+    def transition(self, node: str, transition_id: int) -> bool:
+        request = ChangeState.Request(transition=Transition(id=transition_id))
+        return self.call(ChangeState, f"/{node}/change_state", request).success
+
+    def state(self, node: str) -> str:
+        return self.call(GetState, f"/{node}/get_state", GetState.Request()).current_state.label
+
+
+@pytest.fixture(scope="module")
+def head_dir(tiny_llava_dir, tmp_path_factory):
+    return make_random_head(tiny_llava_dir, tmp_path_factory.mktemp("pp_head"))
+
+
+@pytest.fixture(scope="module")
+def rig(ros, head_dir):
+    """sim_camera_node streaming a scene + part_point_node configured and activated over DDS."""
+    camera = ros.add(
+        SimCameraNode(
+            node_name="pp_test_camera",
+            context=ros.context,
+            parameter_overrides=[
+                Parameter(k, value=v)
+                for k, v in {
+                    "seed": SEED,
+                    "width": W,
+                    "height": H,
+                    "rate_hz": 20.0,
+                    "color_topic": f"{CAMERA}/color/image_raw",
+                    "color_info_topic": f"{CAMERA}/color/camera_info",
+                    "depth_topic": f"{CAMERA}/aligned_depth_to_color/image_raw",
+                    "depth_info_topic": f"{CAMERA}/aligned_depth_to_color/camera_info",
+                    "extrinsics_topic": f"{CAMERA}/extrinsics",
+                    "ground_truth_topic": f"{NS}/ground_truth",
+                }.items()
+            ],
+        )
+    )
+    node = ros.add(
+        PartPointNode(node_name=NODE, context=ros.context, parameter_overrides=node_params(head_dir))
+    )
+    client = Client(ros, "pp_test_client")
+    assert client.state(NODE) == "unconfigured"
+    assert client.transition(NODE, Transition.TRANSITION_CONFIGURE), node.last_error
+    assert client.transition(NODE, Transition.TRANSITION_ACTIVATE)
+    assert client.state(NODE) == "active"
+    truth = Inbox(client.node, String, f"{NS}/ground_truth", latched_qos())
+    wait_until(lambda: synced(node) and node.camera.extrinsics, "the first frame and extrinsics")
+    yield {"node": node, "camera": camera, "client": client, "truth": json.loads(truth.wait(1)[0].data)}
+    remove(ros, client.node)
+    remove(ros, node)
+    remove(ros, camera)
+
+
+@pytest.mark.ros
+def test_grasp_pose_is_the_deprojected_pixel_at_its_depth_in_base_link(rig):
+    response = rig["client"].point()
+    assert response.success, response.message
+    assert response.has_grasp_pose, response.message
+    point = response.point
+    assert point.found and point.has_3d and point.query == QUERY
+    assert point.header.frame_id == OPTICAL and point.header.stamp != Time()
+    assert "grasp pose in base_link" in response.message and response.latency_ms > 0
+
+    truth = rig["truth"]
+    assert truth["seed"] == SEED
+    k = truth["intrinsics"]
+    t_base_cam = RigidTransform(np.array(truth["camera_pose"]), "base_link", OPTICAL)
+    pose = response.grasp_pose
+    assert pose.header.frame_id == "base_link" and pose.header.stamp == point.header.stamp
+    p_base = np.array([pose.pose.position.x, pose.pose.position.y, pose.pose.position.z])
+    p_cam = t_base_cam.inverse().apply(p_base)
+    # on the ray of the returned pixel ...
+    u, v = point.u, point.v
+    np.testing.assert_allclose(
+        p_cam[:2] / p_cam[2], [(u - k["cx"]) / k["fx"], (v - k["cy"]) / k["fy"]], atol=1e-5
+    )
+    # ... at the scene's depth there (16UC1 millimetres, a plane fitted around the pixel)
+    from part_point_ros.sim import render_scene
+
+    depth = render_scene(SEED, width=W, height=H).depth_m
+    z_true = float(depth[int(round(v)), int(round(u))])
+    assert abs(p_cam[2] - z_true) < max(0.01, 0.03 * z_true), (p_cam[2], z_true)
+    # the optical-frame point in the answer is the same point
+    np.testing.assert_allclose([point.point.x, point.point.y, point.point.z], p_cam, atol=1e-6)
+    # approach (grasp z) points into the surface: away from the camera
+    q = pose.pose.orientation
+    approach = RigidTransform.from_translation_quaternion(p_base, [q.x, q.y, q.z, q.w]).rotation[:, 2]
+    to_point = p_base - t_base_cam.translation
+    assert float(approach @ to_point) > 0
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"query": ""}, "query is empty"),
+        ({"query": "   "}, "query is empty"),
+        ({"query": "the handle " * 200}, "characters long; the limit is 1000"),
+        ({"method": "text"}, "method 'text' is not loaded: this node serves 'a2p'"),
+        ({"image": numpy_to_image(np.zeros((8, 8), np.uint16), "mono16")}, "has encoding 'mono16'"),
+        ({"image": numpy_to_image(np.zeros((8, 8), np.float32), "32FC1")}, "has encoding '32FC1'"),
+        ({"image": "truncated"}, "image data has"),
+    ],
+    ids=["empty", "blank", "huge", "method", "mono16", "32FC1", "truncated"],
+)
+def test_bad_requests_are_refused_with_a_reason_and_the_node_keeps_answering(rig, fields, expected):
+    if fields.get("image") == "truncated":
+        image = numpy_to_image(np.zeros((8, 8, 3), np.uint8), "rgb8")
+        image.data = image.data[:50]
+        fields = {"image": image}
+    fields.setdefault("query", QUERY)
+    bad = rig["client"].point(**fields)
+    assert not bad.success and not bad.has_grasp_pose
+    assert expected in bad.message
+    good = rig["client"].point()
+    assert good.success and good.has_grasp_pose, good.message
+
+
+@pytest.mark.ros
+def test_stale_frames_are_refused_naming_their_age(rig):
+    node, client = rig["node"], rig["client"]
+    assert node.set_parameters([Parameter("max_image_age_s", value=1e-6)])[0].successful
+    try:
+        stale = client.point()
+    finally:
+        node.set_parameters([Parameter("max_image_age_s", value=10.0)])
+    assert not stale.success
+    assert f"latest image on {CAMERA}/color/image_raw is" in stale.message
+    assert "s old (max_image_age_s 1e-06)" in stale.message
+    assert client.point().success
+
+
+@pytest.mark.ros
+def test_request_image_without_matching_depth_answers_the_point_without_grasp(rig):
+    from part_point_ros.sim import render_scene
+
+    image = numpy_to_image(render_scene(SEED, width=W, height=H).rgb, "rgb8")
+    image.header.stamp, image.header.frame_id = Time(sec=5), OPTICAL  # long before every depth frame
+    response = rig["client"].point(image=image)
+    assert response.success and response.point.found
+    assert not response.has_grasp_pose and not response.point.has_3d
+    assert f"no depth image within 0.05 s of the image stamp 5.000 on {CAMERA}" in response.message
+    assert response.point.message.startswith("no grasp pose: no depth image within")
+    assert response.point.header.stamp == Time(sec=5)
+
+
+@pytest.mark.ros
+def test_full_queue_answers_busy_and_the_queued_requests_are_served(rig):
+    node, client = rig["node"], rig["client"]
+    cli = client.client(PointPart, SERVICE)
+    node.model_lock.acquire()  # the worker takes the first request and waits for the model
+    try:
+        first = cli.call_async(PointPart.Request(query=QUERY))
+        wait_until(lambda: node.in_flight == 1 and node.queue_length == 0, "the worker to hold a request")
+        second = cli.call_async(PointPart.Request(query=QUERY))
+        wait_until(lambda: node.queue_length == 1, "the second request to be queued")
+        busy = client.point()
+        assert not busy.success and busy.message.startswith("busy: 1 requests queued (queue_size 1)")
+        assert not first.done() and not second.done()
+    finally:
+        node.model_lock.release()
+    wait_until(lambda: first.done() and second.done(), "the queued answers", CALL_TIMEOUT_S)
+    assert first.result().success and second.result().success
+    assert node.stats.busy >= 1
+
+
+@pytest.mark.ros
+def test_command_topic_publishes_points_heatmap_and_overlay_of_the_frame(rig):
+    client_node = rig["client"].node
+    points = Inbox(client_node, PartPointArray, f"{NS}/points", results_qos())
+    heatmap = Inbox(client_node, Image, f"{NS}/heatmap", latched_qos())
+    overlay = Inbox(client_node, Image, f"{NS}/overlay", latched_qos())
+    for topic in ("points", "heatmap", "overlay"):
+        wait_for_match(node_publisher(rig["node"], f"{NS}/{topic}"))
+    command = client_node.create_publisher(String, f"{NS}/command", results_qos())
+    wait_for_match(command)
+    command.publish(String(data="the blade of the knife"))
+
+    (array,) = points.wait(1)
+    (p,) = array.points
+    assert p.query == "the blade of the knife" and p.found
+    assert array.header.frame_id == OPTICAL and array.header.stamp != Time()
+    assert 0 <= p.u < W and 0 <= p.v < H
+    # the images of the same answer (the latched ones may first deliver an earlier answer's)
+    wait_until(lambda: heatmap.messages[-1].header == array.header, "the heatmap of this answer")
+    wait_until(lambda: overlay.messages[-1].header == array.header, "the overlay of this answer")
+    heat, over = heatmap.messages[-1], overlay.messages[-1]
+    assert (heat.encoding, heat.width, heat.height) == ("32FC1", W, H)
+    values = np.frombuffer(bytes(heat.data), dtype=np.float32)
+    assert values.max() > 0 and np.all(values >= 0)
+    assert (over.encoding, over.width, over.height) == ("rgb8", W, H)
+
+
+@pytest.mark.ros
+def test_diagnostics_report_model_queue_and_latency(rig):
+    rig["client"].point()
+    inbox = Inbox(rig["client"].node, DiagnosticArray, "/diagnostics", results_qos())
+
+    def ours():
+        return [s for a in inbox.messages for s in a.status if s.name.startswith(NODE)]
+
+    wait_until(lambda: ours(), "a /diagnostics status of the node")
+    values = {kv.key: kv.value for kv in ours()[-1].values}
+    assert values["model_loaded"] == "true" and values["method"] == "a2p"
+    assert values["queue_size"] == "1" and values["queue_length"] == "0"
+    assert float(values["last_latency_ms"]) > 0
+    assert int(values["served"]) >= 1
+
+
+@pytest.mark.ros
+def test_inactive_node_refuses_requests_and_cleanup_then_configure_reloads(rig):
+    client, node = rig["client"], rig["node"]
+    assert client.transition(NODE, Transition.TRANSITION_DEACTIVATE)
+    try:
+        refused = client.point()
+        assert not refused.success and "is not active (inactive)" in refused.message
+        assert client.transition(NODE, Transition.TRANSITION_CLEANUP)
+        assert client.state(NODE) == "unconfigured" and node._pointer is None and node._worker is None
+        # now the read-on-configure parameters may change
+        assert node.set_parameters([Parameter("queue_size", value=2)])[0].successful
+        assert client.transition(NODE, Transition.TRANSITION_CONFIGURE), node.last_error
+    finally:
+        node.set_parameters([Parameter("queue_size", value=1)])  # refused while configured: kept at 2
+        if client.state(NODE) == "inactive":
+            assert client.transition(NODE, Transition.TRANSITION_ACTIVATE)
+    assert node._jobs.maxsize == 2
+    wait_until(lambda: synced(node) and node.camera.extrinsics, "a frame after re-activation")
+    answer = client.point()
+    assert answer.success and answer.has_grasp_pose, answer.message
+
+
+@pytest.mark.ros
+def test_heatmap_can_be_mono8(rig):
+    node, client_node = rig["node"], rig["client"].node
+    heatmap = Inbox(client_node, Image, f"{NS}/heatmap", latched_qos())
+    assert node.set_parameters([Parameter("heatmap_encoding", value="mono8")])[0].successful
+    try:
+        answer = rig["client"].point()
+        wait_until(
+            lambda: heatmap.messages and heatmap.messages[-1].header == answer.point.header,
+            "the heatmap of this answer",
+        )
+    finally:
+        node.set_parameters([Parameter("heatmap_encoding", value="32FC1")])
+    heat = heatmap.messages[-1]
+    assert (heat.encoding, heat.width, heat.height) == ("mono8", W, H)
+    assert max(bytes(heat.data)) == 255
+    bad = node.set_parameters([Parameter("heatmap_encoding", value="16UC1")])[0]
+    assert not bad.successful and "heatmap_encoding must be one of 32FC1, mono8" in bad.reason
+
+
+@pytest.mark.ros
+def test_parameter_changes_are_validated(rig):
+    node = rig["node"]
+    method = node.set_parameters([Parameter("method", value="sam")])[0]
+    assert not method.successful and "method must be one of a2p, attention, text" in method.reason
+    head = node.set_parameters([Parameter("head", value="/elsewhere")])[0]
+    assert not head.successful and "read on configure" in head.reason
+    depth = node.set_parameters([Parameter("min_depth", value=20.0)])[0]
+    assert not depth.successful and "must be below max_depth" in depth.reason
+    assert not node.set_parameters([Parameter("queue_size", value=0)])[0].successful  # descriptor range
+    assert node.get_parameter("head").value != "/elsewhere"
+
+
+@pytest.mark.ros
+def test_node_without_frames_or_depth_says_so(ros, head_dir, rig):
+    from part_point_ros.sim import render_scene
+
+    quiet = "/pp_quiet"
+    params = node_params(
+        head_dir,
+        image_topic=f"{quiet}/image",
+        camera_info_topic=f"{quiet}/camera_info",
+        depth_topic=f"{quiet}/depth",
+        extrinsics_topic="",
+        command_topic=f"{quiet}/command",
+        points_topic=f"{quiet}/points",
+        heatmap_topic=f"{quiet}/heatmap",
+        overlay_topic=f"{quiet}/overlay",
+        service_name=f"{quiet}/point_part",
+    )
+    node = ros.add(PartPointNode(node_name="pp_quiet_node", context=ros.context, parameter_overrides=params))
+    try:
+        assert node.configure_and_activate(), node.last_error
+        client = rig["client"]
+        no_frame = client.point(service=f"{quiet}/point_part")
+        assert not no_frame.success and no_frame.message == f"no image received on {quiet}/image yet"
+        image = numpy_to_image(render_scene(SEED, width=W, height=H).rgb[..., ::-1].copy(), "bgr8")
+        image.header.frame_id = OPTICAL
+        no_depth = client.point(service=f"{quiet}/point_part", image=image)
+        assert no_depth.success and not no_depth.has_grasp_pose
+        assert f"no depth image received on {quiet}/depth" in no_depth.message
+    finally:
+        remove(ros, node)
+
+
+@pytest.mark.ros
+def test_configure_fails_with_the_reason_when_the_head_cannot_be_loaded(ros, tmp_path, rig):
+    missing = tmp_path / "no_such_head"
+    node = ros.add(
+        PartPointNode(
+            node_name="pp_bad_head_node",
+            context=ros.context,
+            parameter_overrides=[
+                Parameter("head", value=str(missing)),
+                Parameter("service_name", value="/pp_bad"),
+            ],
+        )
+    )
+    try:
+        client = rig["client"]
+        assert not client.transition("pp_bad_head_node", Transition.TRANSITION_CONFIGURE)
+        assert client.state("pp_bad_head_node") == "unconfigured"
+        assert node.last_error.startswith("configure failed: ") and str(missing) in node.last_error
+        assert "\n" not in node.last_error
+    finally:
+        remove(ros, node)
