@@ -8,7 +8,9 @@ Use in a test module:
 The ``ros`` fixture (one per test session) picks a ROS_DOMAIN_ID of its own and limits discovery
 to this machine BEFORE rclpy starts, so parallel test runs never see each other; it spins every
 node added to it in a MultiThreadedExecutor on a background thread. Waiting is on conditions
-(matched subscription counts, received messages), never on sleeps.
+(matched subscription counts, received messages), never on sleeps. ``ros.remove(node)`` takes a
+node out of the executor safely before destroying it; an exception that stops the executor thread
+fails the session's teardown instead of passing silently.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 
 import pytest
 
 DISCOVERY_TIMEOUT_S = 15.0
 MESSAGE_TIMEOUT_S = 15.0
+EXECUTOR_THREADS = 2
 
 
 class RosHarness:
@@ -34,8 +38,9 @@ class RosHarness:
 
         self.context = Context()
         rclpy.init(context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS, context=self.context)
         self._nodes: list = []
+        self.spin_error = ""  # the traceback that stopped the executor thread, if one did
         self._thread = threading.Thread(target=self._spin, name="ros-test-executor", daemon=True)
         self._thread.start()
 
@@ -46,6 +51,9 @@ class RosHarness:
             self.executor.spin()
         except ExternalShutdownException:
             pass
+        except Exception:  # noqa: BLE001 - kept for the fixture's teardown to report
+            self.spin_error = traceback.format_exc()
+            raise
 
     def add(self, node):
         """Spin ``node`` (built with ``context=harness.context``) until the end of the test session."""
@@ -60,9 +68,33 @@ class RosHarness:
         return self.add(Node(name, context=self.context))
 
     def remove(self, node) -> None:
+        """Stop spinning ``node``, wait until the executor is done with it, then destroy it.
+
+        rclpy 7 (Jazzy): destroying a node while the executor thread builds its wait set with the
+        node's entities (QoS event handlers first) kills that thread with InvalidHandle, and a callback
+        of the node still running on a worker thread raises on its destroyed publishers. So: after
+        remove_node, one executor task marks a pass that may still have seen the node; the pass that
+        runs the next tasks started without it. Those are one task per worker thread meeting at a
+        barrier: all workers are then free at once, so every callback handed to them before is done.
+        """
         self.executor.remove_node(node)
         self._nodes.remove(node)
+        self._run_on_every_worker(lambda: None)
+        barrier = threading.Barrier(EXECUTOR_THREADS, timeout=MESSAGE_TIMEOUT_S)
+
+        def meet() -> None:
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                pass  # the wait below reports it; an exception here would stop the executor
+
+        self._run_on_every_worker(meet, copies=EXECUTOR_THREADS)
         node.destroy_node()
+
+    def _run_on_every_worker(self, fn: Callable[[], None], copies: int = 1) -> None:
+        tasks = [self.executor.create_task(fn) for _ in range(copies)]
+        wait_until(lambda: all(t.done() for t in tasks), "the executor to run a pass without the node")
+        assert not self.spin_error, f"the executor thread stopped:\n{self.spin_error}"
 
     def shutdown(self) -> None:
         for node in list(self._nodes):
@@ -145,3 +177,4 @@ def ros_fixture() -> Iterator[RosHarness]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    assert not harness.spin_error, f"the test executor thread stopped:\n{harness.spin_error}"

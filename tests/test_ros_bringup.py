@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,8 +16,10 @@ import yaml
 
 pytest.importorskip("rclpy", reason="rclpy is not importable: run scripts/setup.sh (ROS 2 wheels) first")
 
+from builtin_interfaces.msg import Time  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from part_point_ros.srv import PointPart  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from ros_helpers import Inbox, ros_fixture, wait_until  # noqa: E402, F401
 
 from part_point_ros.ros.bringup import Bringup, node_parameters, parse_options  # noqa: E402
@@ -35,6 +38,12 @@ NODES = {
 }
 
 
+def camera_pose_in(node) -> np.ndarray | None:
+    """base_link <- camera optical frame as ``node`` knows it now (4x4), or None."""
+    t = node.camera.transform("base_link", "camera_color_optical_frame", Time())
+    return None if isinstance(t, str) else t.matrix
+
+
 def make_random_head(backbone_dir, out_dir):
     """An untrained (random) PartPointHead for the tiny backbone, saved with save_pretrained."""
     import torch
@@ -50,20 +59,6 @@ def make_random_head(backbone_dir, out_dir):
     return PartPointHead(config).save_pretrained(out_dir)
 
 
-def remove(ros, node) -> None:
-    """``ros.remove(node)`` once the executor no longer waits on the node's entities.
-
-    rclpy 7 (Jazzy): destroying a node while the executor thread builds its wait set with the node's
-    QoS event handlers kills that thread (InvalidHandle). After remove_node, the second of two no-op
-    executor tasks runs in a pass that started without the node.
-    """
-    ros.executor.remove_node(node)
-    for _ in range(2):
-        task = ros.executor.create_task(lambda: None)
-        wait_until(task.done, "an executor pass")
-    ros.remove(node)
-
-
 @pytest.mark.ros
 @pytest.mark.parametrize("name", sorted(NODES))
 def test_config_yaml_sets_only_declared_parameters_with_their_types(ros, name):
@@ -77,7 +72,7 @@ def test_config_yaml_sets_only_declared_parameters_with_their_types(ros, name):
         for p in params:
             assert node.get_parameter(p.name).value == p.value, p.name
     finally:
-        remove(ros, node)
+        ros.remove(node)
 
 
 def test_flags_mirror_the_launch_arguments_on_every_node(tmp_path):
@@ -160,7 +155,29 @@ def test_one_process_graph_answers_with_a_grasp_pose_that_depth_fusion_agrees_wi
         assert fused.header == answer.grasp_pose.header
         p, q = fused.pose.position, answer.grasp_pose.pose.position
         np.testing.assert_allclose([p.x, p.y, p.z], [q.x, q.y, q.z], atol=1e-6)
-        remove(ros, client_node)
+
+        # a scene switch moves the camera: both nodes follow the re-published extrinsics topic
+        old_pose = graph.sim_camera.camera_pose
+        assert graph.sim_camera.set_parameters([Parameter("seed", value=7)])[0].successful
+        new_pose = graph.sim_camera.camera_pose
+        assert not np.allclose(new_pose.matrix, old_pose.matrix)
+        for node in (graph.part_point, graph.depth_fusion):
+            wait_until(
+                lambda node=node: np.allclose(camera_pose_in(node), new_pose.matrix),
+                f"{node.get_name()} to take the new camera pose",
+            )
+        future = client.call_async(PointPart.Request(query="the handle of the mug"))
+        wait_until(future.done, "the /point_part answer after the switch", 30.0)
+        answer = future.result()
+        assert answer.success and answer.has_grasp_pose, answer.message
+        wait_until(lambda: poses.messages[-1].header == answer.grasp_pose.header, "the fused pose of it")
+        p, q = poses.messages[-1].pose.position, answer.grasp_pose.pose.position
+        np.testing.assert_allclose([p.x, p.y, p.z], [q.x, q.y, q.z], atol=1e-6)
+        optical = answer.point.point
+        np.testing.assert_allclose(
+            [p.x, p.y, p.z], new_pose.apply([optical.x, optical.y, optical.z]), atol=1e-6
+        )
+        ros.remove(client_node)
     finally:
         graph.shutdown()
         spinner.join(timeout=10.0)
@@ -169,12 +186,7 @@ def test_one_process_graph_answers_with_a_grasp_pose_that_depth_fusion_agrees_wi
 
 @pytest.mark.slow
 def test_main_exits_non_zero_with_one_line_when_the_head_is_missing(tmp_path):
-    env = {
-        **os.environ,
-        "ROS_DOMAIN_ID": str(1 + (os.getpid() + 50) % 100),
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-    }
-    env.pop("ROS_LOCALHOST_ONLY", None)
+    env = isolated_env()
     missing = tmp_path / "no_head_here"
     proc = subprocess.run(
         [
@@ -197,3 +209,94 @@ def test_main_exits_non_zero_with_one_line_when_the_head_is_missing(tmp_path):
         len(errors) == 1 and str(missing) in errors[0] and errors[0].startswith("error: configure failed: ")
     )
     assert "Traceback" not in proc.stderr
+
+
+WRAPPERS = ROOT / "ros2_ws" / "install" / "part_point_ros" / "lib" / "part_point_ros"
+
+
+def isolated_env() -> dict[str, str]:
+    env = {
+        **os.environ,
+        "ROS_DOMAIN_ID": str(1 + (os.getpid() + 50) % 100),
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+    }
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("node", "ros_args", "expected"),
+    [
+        ("sim_camera_node", ["-p", "width:=4"], "Parameter width out of range. Min: 8, Max: 4096, value: 4"),
+        (
+            "sim_camera_node",
+            ["-p", "width:=wide"],
+            "Trying to set parameter 'width' to 'wide' of type 'STRING'",
+        ),
+        ("depth_fusion_node", ["-p", "stamp_tolerance:=-1.0"], "Parameter stamp_tolerance out of range"),
+        ("part_point_node", ["-p", "queue_size:=0"], "Parameter queue_size out of range"),
+    ],
+    ids=["range", "type", "fusion-range", "part-point-range"],
+)
+def test_installed_node_with_a_bad_parameter_prints_one_line_and_exits_1(node, ros_args, expected):
+    proc = run_wrapper(node, ros_args)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    assert "(check --ros-args -p NAME:=VALUE and the params file)" in lines[0]
+
+
+@pytest.mark.slow
+def test_unparsable_ros_arguments_give_one_error_line_without_a_traceback():
+    proc = run_wrapper("depth_fusion_node", ["-p", "stamp_tolerance"])
+    assert proc.returncode == 1, proc.stderr
+    # rcl logs "[ERROR] ... Failed to parse global arguments" itself; ours is the one error: line
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: bad ROS arguments: Couldn't parse parameter override rule: '-p stamp_tolerance' "
+        "(use -p NAME:=VALUE)"
+    ], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def run_wrapper(node: str, ros_args: list[str]) -> subprocess.CompletedProcess:
+    """Run the colcon-installed console script of ``node`` with ``--ros-args ros_args``."""
+    wrapper = WRAPPERS / node
+    assert wrapper.is_file(), f"{wrapper} is missing: build the workspace (scripts/setup.sh)"
+    return subprocess.run(
+        [str(wrapper), "--ros-args", *ros_args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=isolated_env(),
+    )
+
+
+def parameter_rows(specs) -> list[str]:
+    """docs/ros.md's table rows for a node's ParamSpecs: name, ROS type, default, allowed, meaning."""
+    types = {str: "string", bool: "bool", int: "integer", float: "double", list: "double[]"}
+    rows = []
+    for spec in specs:
+        default = (
+            json.dumps(spec.default) if isinstance(spec.default, str | list) else str(spec.default).lower()
+        )
+        limits = spec.floats or spec.ints
+        allowed = f"{limits[0]} .. {limits[1]}" if limits else ", ".join(spec.choices or ())
+        flags = ["read-only"] * spec.read_only + ["read on configure"] * spec.configure_time
+        meaning = (spec.description + (f" ({', '.join(flags)})" if flags else "")).replace("|", "\\|")
+        rows.append(f"| `{spec.name}` | {types[type(spec.default)]} | `{default}` | {allowed} | {meaning} |")
+    return rows
+
+
+def test_docs_parameter_tables_match_the_declared_parameters():
+    from part_point_ros.ros.depth_fusion_node import DEPTH_FUSION_PARAMS
+    from part_point_ros.ros.params import PART_POINT_PARAMS, SIM_CAMERA_PARAMS
+
+    docs = (ROOT / "docs" / "ros.md").read_text()
+    for specs in (PART_POINT_PARAMS, DEPTH_FUSION_PARAMS, SIM_CAMERA_PARAMS):
+        missing = [row for row in parameter_rows(specs) if row not in docs]
+        assert missing == [], (
+            "docs/ros.md is out of date; regenerate the rows with parameter_rows():\n" + "\n".join(missing)
+        )

@@ -1,4 +1,8 @@
-"""depth_fusion_node over DDS: a synthetic camera streams a tilted plane, points come in, poses go out."""
+"""depth_fusion_node over DDS: a synthetic camera streams a tilted plane, points come in, poses go out.
+
+The camera pose comes from static extrinsics parameters, or from the latched extrinsics topic that
+sim_camera_node publishes (and re-publishes on a scene switch).
+"""
 
 import itertools
 
@@ -9,18 +13,18 @@ pytest.importorskip("rclpy", reason="rclpy is not importable: run scripts/setup.
 
 from builtin_interfaces.msg import Time  # noqa: E402
 from geometry_helpers import plane_depth, plane_normal, ray_plane_point  # noqa: E402
-from geometry_msgs.msg import PoseStamped  # noqa: E402
+from geometry_msgs.msg import PoseStamped, TransformStamped  # noqa: E402
 from part_point_ros.msg import PartPoint, PartPointArray  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from ros_helpers import Inbox, node_publisher, ros_fixture, wait_for_match  # noqa: E402, F401
+from ros_helpers import Inbox, node_publisher, ros_fixture, wait_for_match, wait_until  # noqa: E402, F401
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from part_point_ros.geometry.camera import PinholeCamera  # noqa: E402
 from part_point_ros.geometry.transforms import RigidTransform  # noqa: E402
-from part_point_ros.ros.conversions import camera_info_from_camera, numpy_to_image  # noqa: E402
+from part_point_ros.ros.conversions import camera_info_from_camera, numpy_to_image, transform_msg  # noqa: E402
 from part_point_ros.ros.depth_fusion_node import DepthFusionNode  # noqa: E402
-from part_point_ros.ros.qos import results_qos, sensor_qos  # noqa: E402
+from part_point_ros.ros.qos import latched_qos, results_qos, sensor_qos  # noqa: E402
 
 OPTICAL = "cam_optical"
 CAMERA = PinholeCamera.from_intrinsics(
@@ -58,6 +62,7 @@ class Rig:
         prefix = f"/t{next(_ids)}"
         params = {
             "points_topic": f"{prefix}/points",
+            "extrinsics_topic": f"{prefix}/extrinsics",
             "depth_topic": f"{prefix}/depth",
             "camera_info_topic": f"{prefix}/camera_info",
             "grasp_pose_topic": f"{prefix}/grasp_pose",
@@ -77,9 +82,12 @@ class Rig:
                 }
             )
         self.ros = ros
+        self.topics = params
         self.fusion = ros.add(
             DepthFusionNode(
-                context=ros.context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]
+                node_name=f"fusion_test_{prefix[1:]}",
+                context=ros.context,
+                parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
             )
         )
         self.helper = ros.node(f"fusion_test_helper_{prefix[1:]}")
@@ -233,3 +241,54 @@ def test_invalid_parameter_changes_are_rejected_with_a_reason(ros):
         assert not node.set_parameters([Parameter("stamp_tolerance", value=-1.0)])[0].successful
     finally:
         ros.remove(node)
+
+
+def base_from_camera(rig) -> np.ndarray | None:
+    """The node's current base_link <- optical transform (4x4), or None while it has none."""
+    t = rig.fusion.camera.transform("base_link", OPTICAL, STAMP)
+    return None if isinstance(t, str) else t.matrix
+
+
+@pytest.mark.ros
+def test_the_latched_extrinsics_topic_places_the_poses_and_a_new_camera_pose_moves_them(rig_factory):
+    rig = rig_factory(plane_image("32FC1"), with_extrinsics=False)
+    assert rig.fusion.get_name().startswith("fusion_test_")  # node_name= like PartPointNode
+    u, v = 40.0, 60.0
+    on_plane = ray_plane_point(CAMERA, u, v, PLANE_N, PLANE_P)
+    # latched: published before depth_fusion_node's subscription matched, still delivered
+    extrinsics = rig.helper.create_publisher(TransformStamped, rig.topics["extrinsics_topic"], latched_qos())
+    extrinsics.publish(transform_msg(T_BASE_CAM, STAMP))
+    wait_until(lambda: base_from_camera(rig) is not None, "the camera pose from the extrinsics topic")
+    rig.send(part_point(u, v))
+    first = rig.poses.wait(1)[0].pose.position
+    np.testing.assert_allclose([first.x, first.y, first.z], T_BASE_CAM.apply(on_plane), atol=1e-4)
+
+    # a scene switch: the camera moved; the same pixel and depth land elsewhere in base_link
+    moved = RigidTransform.from_rotation_translation(
+        T_BASE_CAM.rotation,
+        T_BASE_CAM.translation + [0.3, -0.2, 0.1],
+        parent_frame="base_link",
+        child_frame=OPTICAL,
+    )
+    extrinsics.publish(transform_msg(moved, STAMP))
+    wait_until(lambda: np.allclose(base_from_camera(rig), moved.matrix), "the new camera pose")
+    rig.send(part_point(u, v))
+    second = rig.poses.wait(2)[1].pose.position
+    np.testing.assert_allclose([second.x, second.y, second.z], moved.apply(on_plane), atol=1e-4)
+
+
+@pytest.mark.ros
+def test_static_extrinsics_come_before_the_extrinsics_topic(rig_factory):
+    rig = rig_factory(plane_image("32FC1"))  # static extrinsics T_BASE_CAM
+    elsewhere = RigidTransform.from_translation_quaternion(
+        [5.0, 5.0, 5.0], [0.0, 0.0, 0.0, 1.0], parent_frame="base_link", child_frame=OPTICAL
+    )
+    extrinsics = rig.helper.create_publisher(TransformStamped, rig.topics["extrinsics_topic"], latched_qos())
+    extrinsics.publish(transform_msg(elsewhere, STAMP))
+    wait_until(
+        lambda: len(rig.fusion.camera.extrinsics) == 2, "the topic's camera pose next to the static one"
+    )
+    rig.send(part_point(40.0, 60.0))
+    p = rig.poses.wait(1)[0].pose.position
+    expected = T_BASE_CAM.apply(ray_plane_point(CAMERA, 40.0, 60.0, PLANE_N, PLANE_P))
+    np.testing.assert_allclose([p.x, p.y, p.z], expected, atol=1e-4)

@@ -35,20 +35,6 @@ TOPICS = {
 }
 
 
-def remove(ros, node) -> None:
-    """``ros.remove(node)`` once the executor no longer waits on the node's entities.
-
-    rclpy 7 (Jazzy): destroying a node while the executor thread builds its wait set with the node's
-    QoS event handlers kills that thread (InvalidHandle). After remove_node, the second of two no-op
-    executor tasks runs in a pass that started without the node.
-    """
-    ros.executor.remove_node(node)
-    for _ in range(2):
-        task = ros.executor.create_task(lambda: None)
-        wait_until(task.done, "an executor pass")
-    ros.remove(node)
-
-
 @pytest.fixture(scope="module")
 def camera(ros, tmp_path_factory):
     calib = tmp_path_factory.mktemp("sim_calib") / "camera_to_base.yaml"
@@ -62,8 +48,8 @@ def camera(ros, tmp_path_factory):
     )
     helper = ros.node("sim_test_helper")
     yield {"node": node, "helper": helper, "calib": calib}
-    remove(ros, helper)
-    remove(ros, node)
+    ros.remove(helper)
+    ros.remove(node)
 
 
 def pose_matrix(msg: TransformStamped) -> np.ndarray:
@@ -186,5 +172,5 @@ def test_depth_in_metres_when_asked(ros):
         assert depth.encoding == "32FC1"
         np.testing.assert_array_equal(image_to_numpy(depth), render_scene(SEED, width=W, height=H).depth_m)
     finally:
-        remove(ros, helper)
-        remove(ros, node)
+        ros.remove(helper)
+        ros.remove(node)

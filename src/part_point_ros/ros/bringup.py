@@ -5,8 +5,8 @@ activated here) on one MultiThreadedExecutor. Parameters come from the same YAML
 (config/part_point.yaml, each node's ``ros__parameters`` section), with the flags below on top; the
 flags mirror the launch arguments (params.graph_overrides is the one table for both).
 
-With the synthetic camera, depth_fusion_node gets the scene's camera pose as static extrinsics
-(tf2 is not on PyPI); part_point_node follows the camera's latched extrinsics topic.
+With the synthetic camera, part_point_node and depth_fusion_node both follow the camera's latched
+extrinsics topic (tf2 is not on PyPI), so a scene switch moves the grasp poses of both.
 
     part-point-ros --head models/synthetic-head --sim-camera --seed 3
     part-point-ros --params-file my.yaml --camera-namespace /camera --target-frame base_link
@@ -27,9 +27,8 @@ from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.parameter import Parameter
 
-from part_point_ros.errors import PartPointError
 from part_point_ros.ros.params import default_config_path, graph_overrides, load_node_parameters
-from part_point_ros.ros.spin import ros_context
+from part_point_ros.ros.spin import USER_ERRORS, error_line, ros_context
 
 
 @dataclass
@@ -62,7 +61,6 @@ class Bringup:
         self.options = options
         self.nodes: list = []
         self.sim_camera = None
-        fusion_extra: dict[str, Any] = {}
         try:
             if options.use_sim_camera:
                 from part_point_ros.ros.sim_camera_node import SimCameraNode
@@ -72,18 +70,10 @@ class Bringup:
                         context=context, parameter_overrides=node_parameters(options, "sim_camera_node")
                     )
                 )
-                pose = self.sim_camera.camera_pose
-                fusion_extra = {
-                    "extrinsics_file": "",
-                    "extrinsics.parent_frame": pose.parent_frame,
-                    "extrinsics.child_frame": pose.child_frame,
-                    "extrinsics.translation": [float(x) for x in pose.translation],
-                    "extrinsics.quaternion_xyzw": [float(x) for x in pose.quaternion_xyzw],
-                }
             self.depth_fusion = self._add(
                 DepthFusionNode(
                     context=context,
-                    parameter_overrides=node_parameters(options, "depth_fusion_node", fusion_extra),
+                    parameter_overrides=node_parameters(options, "depth_fusion_node"),
                 )
             )
             self.part_point = self._add(
@@ -201,8 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 graph.shutdown()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except PartPointError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:  # a bad flag value, params file or parameter: one line
+        print(error_line(err), file=sys.stderr)
         return 1
     return 0
 

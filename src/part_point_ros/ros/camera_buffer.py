@@ -1,16 +1,19 @@
-"""What part_point_node keeps of the camera, and the lift of a pixel to a grasp pose with it.
+"""What part_point_node and depth_fusion_node keep of the camera, and the lift of a pixel to a grasp pose.
 
 ``CameraBuffer`` holds the last colour frames, the camera model from camera_info, the last aligned
-depth frames (matched to a colour stamp), and the camera's extrinsics (static ones, the latched
-extrinsics topic, or tf2 when it is installed). It is written by subscription callbacks and read by
-the inference worker, so every access takes its lock. Every failure is a one-line reason, never an
-exception.
+depth frames (matched by stamp), and the camera's extrinsics (static ones, the latched extrinsics
+topic, or tf2 when it is installed). It is written by subscription callbacks and read by the
+inference worker, so every access takes its lock. Every failure is a one-line reason, never an
+exception. Both nodes build it, their static extrinsics, their tf2 listener and their GraspLifter
+with the helpers at the end of this module, from parameters of the same names.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,9 +23,11 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from part_point_ros.errors import PartPointError
+from part_point_ros.errors import InputError, PartPointError
+from part_point_ros.geometry.calib import load_extrinsics
 from part_point_ros.geometry.camera import PinholeCamera
 from part_point_ros.geometry.depth import depth_to_metres
+from part_point_ros.geometry.grasp import GraspLifter
 from part_point_ros.geometry.transforms import RigidTransform
 from part_point_ros.ros.conversions import (
     camera_from_camera_info,
@@ -36,6 +41,17 @@ try:  # tf2_ros comes with a system ROS install; the PyPI wheels do not have it
     import tf2_ros
 except ImportError:
     tf2_ros = None
+
+Lifted = tuple[np.ndarray, np.ndarray, PoseStamped]  # point, normal (optical frame), grasp pose (target)
+
+
+@dataclass(frozen=True)
+class DepthFrame:
+    """One aligned depth frame, in metres, with the camera model it is lifted with."""
+
+    header: Header  # stamp + optical frame of the depth image
+    depth_m: np.ndarray  # (H, W) float32 metres, NaN = invalid
+    camera: PinholeCamera
 
 
 class CameraBuffer:
@@ -128,8 +144,17 @@ class CameraBuffer:
         with self._lock:
             return [*self._static, *self._from_topic.values()]
 
-    def depth_near(self, stamp: TimeMsg, tolerance: float) -> Image | str:
-        """The depth frame nearest to ``stamp`` within ``tolerance`` seconds, or why there is none."""
+    @property
+    def newest_depth_stamp(self) -> float | None:
+        """Stamp (seconds) of the newest buffered depth frame, or None before the first."""
+        with self._lock:
+            return max((stamp_to_seconds(m.header.stamp) for m in self._depth), default=None)
+
+    def depth_near(self, stamp: TimeMsg, tolerance: float, *, what: str = "image") -> Image | str:
+        """The depth frame nearest to ``stamp`` within ``tolerance`` seconds, or why there is none.
+
+        ``what`` names the stamp's owner in the reason ("the image stamp", "the points' stamp").
+        """
         with self._lock:
             frames = list(self._depth)
         if not frames:
@@ -139,10 +164,21 @@ class CameraBuffer:
         if abs(stamp_to_seconds(best.header.stamp) - t) > tolerance:
             newest = max(stamp_to_seconds(m.header.stamp) for m in frames)
             return (
-                f"no depth image within {tolerance:g} s of the image stamp {t:.3f} on {self._depth_topic} "
-                f"(newest {newest:.3f})"
+                f"no depth image within {tolerance:g} s of the {what} stamp {t:.3f} on {self._depth_topic} "
+                f"(newest {newest:.3f}, {len(frames)} buffered)"
             )
         return best
+
+    def metric_depth(self, depth: Image) -> DepthFrame | str:
+        """A buffered depth message -> DepthFrame (metres + the camera model), or why it is unusable."""
+        camera = self.camera
+        if camera is None:
+            return f"no camera_info received on {self._camera_info_topic}"
+        try:
+            depth_m = depth_to_metres(image_to_numpy(depth), depth.encoding)
+        except PartPointError as err:
+            return f"depth image unusable: {err}"
+        return DepthFrame(header=depth.header, depth_m=depth_m, camera=camera)
 
     def transform(self, target: str, source: str, stamp: TimeMsg) -> RigidTransform | str:
         """T_target_source from the known extrinsics or tf2, or why there is none."""
@@ -162,34 +198,41 @@ class CameraBuffer:
                 except errors:
                     continue
         names = ", ".join(f"{t.parent_frame}<-{t.child_frame}" for t in known) or "none"
-        tf = "has none" if self._tf_buffer is not None else "not in use"
-        return f"no transform from {source!r} to {target!r} (known: {names}; tf2 {tf})"
+        tf = "has none" if self._tf_buffer is not None else "not in use" if tf2_ros else "not installed"
+        return (
+            f"no transform from {source!r} to {target!r} (known: {names}; tf2 {tf}): "
+            "set extrinsics_file or extrinsics.*, or publish the camera pose on the extrinsics topic"
+        )
 
     # ------------------------------------------------------------------ lifting
     def lift(
-        self, header: Header, u: float, v: float, target_frame: str, *, lifter: Any, tolerance: float
-    ) -> tuple[np.ndarray, np.ndarray, PoseStamped] | str:
+        self, header: Header, u: float, v: float, target_frame: str, *, lifter: GraspLifter, tolerance: float
+    ) -> Lifted | str:
         """Pixel (u, v) of the colour image with ``header`` -> (point, normal) in its optical frame
-        and the grasp pose in ``target_frame`` (geometry.GraspLifter ``lifter``), or why not."""
-        optical = header.frame_id
-        if not optical:
-            return "the image has no frame_id: cannot place the point in 3D"
+        and the grasp pose in ``target_frame``, with the depth frame nearest its stamp; or why not."""
+        if not header.frame_id:
+            return NO_FRAME_ID
         depth = self.depth_near(header.stamp, tolerance)
         if isinstance(depth, str):
             return depth
-        camera = self.camera
-        if camera is None:
-            return f"no camera_info received on {self._camera_info_topic}"
-        if depth.header.frame_id and depth.header.frame_id != optical:
+        frame = self.metric_depth(depth)
+        if isinstance(frame, str):
+            return frame
+        return self.lift_in(frame, header, u, v, target_frame, lifter=lifter)
+
+    def lift_in(
+        self, frame: DepthFrame, header: Header, u: float, v: float, target_frame: str, *, lifter: GraspLifter
+    ) -> Lifted | str:
+        """Pixel (u, v) of the image with ``header`` lifted with the depth ``frame`` (matched to it)."""
+        optical = header.frame_id
+        if not optical:
+            return NO_FRAME_ID
+        if frame.header.frame_id and frame.header.frame_id != optical:
             return (
-                f"depth is in frame {depth.header.frame_id!r} but the image in {optical!r}: "
+                f"depth is in frame {frame.header.frame_id!r} but the image in {optical!r}: "
                 "use depth aligned to the colour image"
             )
-        try:
-            depth_m = depth_to_metres(image_to_numpy(depth), depth.encoding)
-        except PartPointError as err:
-            return f"depth image unusable: {err}"
-        result = lifter.lift(u, v, depth_m, camera)
+        result = lifter.lift(u, v, frame.depth_m, frame.camera)
         if not result.ok:
             return result.reason
         to_target = self.transform(target_frame, optical, header.stamp)
@@ -197,3 +240,56 @@ class CameraBuffer:
             return to_target
         grasp = to_target @ RigidTransform(result.pose.matrix, optical, "grasp")
         return result.point, result.normal, pose_stamped_msg(grasp, header.stamp)
+
+
+NO_FRAME_ID = "the image has no frame_id: cannot place the point in 3D"
+
+
+# ---------------------------------------------------------------------- shared by both nodes' setup
+def static_extrinsics(param: Callable[[str], Any]) -> list[RigidTransform]:
+    """The fixed camera pose(s) from the parameters ``extrinsics_file`` and ``extrinsics.*``.
+
+    ``param(name)`` returns a parameter's value; ``extrinsics.parent_frame`` defaults to
+    ``target_frame``. Raises InputError (one line) for an unreadable file.
+    """
+    found = []
+    if param("extrinsics_file"):
+        found.append(load_extrinsics(param("extrinsics_file")))
+    child = param("extrinsics.child_frame")
+    if child:
+        found.append(
+            RigidTransform.from_translation_quaternion(
+                param("extrinsics.translation"),
+                param("extrinsics.quaternion_xyzw"),
+                parent_frame=param("extrinsics.parent_frame") or param("target_frame"),
+                child_frame=child,
+            )
+        )
+    return found
+
+
+def grasp_lifter(param: Callable[[str], Any]) -> GraspLifter:
+    """A GraspLifter from the parameters depth_window, normal_radius, min_points, min/max_depth.
+
+    Raises InputError when min_depth is not below max_depth (a set-parameters callback refuses
+    the change with its message).
+    """
+    lo, hi = param("min_depth"), param("max_depth")
+    if lo >= hi:
+        raise InputError(f"min_depth ({lo}) must be below max_depth ({hi})")
+    return GraspLifter(
+        depth_window=param("depth_window"),
+        normal_radius=param("normal_radius"),
+        min_depth=lo,
+        max_depth=hi,
+        min_points=param("min_points"),
+    )
+
+
+def tf_listener(node: Any, use_tf: bool) -> tuple[Any, Any]:
+    """(tf2_ros.Buffer, TransformListener) following /tf and /tf_static for ``node``, or (None, None)
+    when ``use_tf`` is off or tf2_ros is not installed (the PyPI wheels). Keep the listener alive."""
+    if not use_tf or tf2_ros is None:
+        return None, None
+    buffer = tf2_ros.Buffer()
+    return buffer, tf2_ros.TransformListener(buffer, node)

@@ -1,246 +1,172 @@
 """depth_fusion_node: lift 2D part points to 3D grasp poses with aligned depth and camera_info.
 
 Subscribes:  points (part_point_ros/PartPointArray), aligned depth (sensor_msgs/Image, 16UC1 mm or
-             32FC1 m), camera_info (sensor_msgs/CameraInfo of the colour camera).
+             32FC1 m), camera_info (sensor_msgs/CameraInfo of the colour camera), extrinsics
+             (latched geometry_msgs/TransformStamped, e.g. from sim_camera_node; empty = off).
 Publishes:   grasp_pose (geometry_msgs/PoseStamped, target frame) for every point lifted,
              markers (visualization_msgs/MarkerArray), points_3d (PartPointArray with 3D filled in,
              or has_3d = false and a one-line reason in ``message``).
 
 Points are matched to the depth frame with the nearest stamp within ``stamp_tolerance``; a point
-array waits up to ``depth_wait`` seconds for its depth frame. Frames: the camera's optical frame
-to ``target_frame`` by the static extrinsics (``extrinsics_file`` or the ``extrinsics.*``
-parameters) when they name those frames, else by tf2 when tf2_ros is importable.
+array waits up to ``depth_wait`` seconds for its depth frame. Buffering, lifting and the frame
+lookup are part_point_node's (ros.camera_buffer): the optical frame goes to ``target_frame`` by the
+static extrinsics (``extrinsics_file`` or ``extrinsics.*``), else the latest transform on the
+extrinsics topic (so a scene switch of the synthetic camera moves the poses with it), else tf2 when
+tf2_ros is importable. Every entity is made in the constructor and lives as long as the node.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from geometry_msgs.msg import Point, PoseStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from geometry_msgs.msg import Point, PoseStamped, TransformStamped
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import ColorRGBA
+from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from part_point_ros.errors import InputError, PartPointError
-from part_point_ros.geometry.calib import load_extrinsics
-from part_point_ros.geometry.camera import PinholeCamera
-from part_point_ros.geometry.depth import depth_to_metres
-from part_point_ros.geometry.grasp import GraspLifter, GraspResult
+from part_point_ros.errors import InputError
 from part_point_ros.geometry.transforms import RigidTransform
 from part_point_ros.msg import PartPoint, PartPointArray
-from part_point_ros.ros.conversions import (
-    camera_from_camera_info,
-    image_to_numpy,
-    point_msg,
-    pose_stamped_msg,
-    stamp_to_seconds,
-    transform_from_msg,
-    vector_msg,
+from part_point_ros.ros.camera_buffer import (
+    CameraBuffer,
+    DepthFrame,
+    grasp_lifter,
+    static_extrinsics,
+    tf_listener,
 )
-from part_point_ros.ros.qos import QOS_OVERRIDES, results_qos, sensor_qos
+from part_point_ros.ros.conversions import point_msg, stamp_to_seconds, vector_msg
+from part_point_ros.ros.params import ParamSpec, declare
+from part_point_ros.ros.qos import QOS_OVERRIDES, latched_qos, results_qos, sensor_qos
 from part_point_ros.ros.spin import run_node
 
-try:  # tf2_ros comes with a system ROS install; the PyPI wheels do not have it
-    import tf2_ros
-except ImportError:
-    tf2_ros = None
-
+NODE_NAME = "depth_fusion_node"
 LOG_THROTTLE_S = 2.0
+_STATIC = "static camera pose instead of a file: "
 
-
-@dataclass
-class _DepthFrame:
-    stamp: float
-    frame_id: str
-    depth_m: np.ndarray  # (H, W) float32 metres, NaN = invalid
-
-
-def _descriptor(description: str, *, read_only: bool = False, floats=None, ints=None) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=description, read_only=read_only)
-    if floats is not None:
-        d.floating_point_range = [FloatingPointRange(from_value=floats[0], to_value=floats[1], step=0.0)]
-    if ints is not None:
-        d.integer_range = [IntegerRange(from_value=ints[0], to_value=ints[1], step=1)]
-    return d
+DEPTH_FUSION_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("points_topic", "/part_point/points", "2D part points in (PartPointArray)", read_only=True),
+    ParamSpec(
+        "depth_topic",
+        "/camera/aligned_depth_to_color/image_raw",
+        "depth aligned to colour in (16UC1 mm, 32FC1 m)",
+        read_only=True,
+    ),
+    ParamSpec(
+        "camera_info_topic", "/camera/color/camera_info", "camera_info of the colour camera", read_only=True
+    ),
+    ParamSpec(
+        "extrinsics_topic",
+        "/camera/extrinsics",
+        "latched TransformStamped target <- optical in; empty = off",
+        read_only=True,
+    ),
+    ParamSpec(
+        "grasp_pose_topic",
+        "/part_point/grasp_pose",
+        "grasp poses out (PoseStamped, target frame)",
+        read_only=True,
+    ),
+    ParamSpec("markers_topic", "/part_point/markers", "RViz markers out", read_only=True),
+    ParamSpec(
+        "points_3d_topic", "/part_point/points_3d", "part points with 3D filled in, out", read_only=True
+    ),
+    ParamSpec("target_frame", "base_link", "frame of the grasp poses"),
+    ParamSpec("stamp_tolerance", 0.05, "largest |points stamp - depth stamp|, seconds", floats=(0.0, 10.0)),
+    ParamSpec("depth_wait", 0.5, "how long points wait for their depth frame, seconds", floats=(0.0, 10.0)),
+    ParamSpec("depth_buffer_size", 10, "depth frames kept for matching", ints=(1, 300), read_only=True),
+    ParamSpec("depth_window", 5, "median window for depth, pixels", ints=(1, 51)),
+    ParamSpec("normal_radius", 7, "half size of the normal patch, pixels", ints=(1, 50)),
+    ParamSpec("min_points", 10, "fewest depth points for a normal", ints=(3, 10000)),
+    ParamSpec("min_depth", 0.1, "valid depth from, metres", floats=(0.0, 100.0)),
+    ParamSpec("max_depth", 10.0, "valid depth up to, metres", floats=(0.0, 100.0)),
+    ParamSpec("use_tf", True, "look up transforms in tf2 when tf2_ros is installed", read_only=True),
+    ParamSpec(
+        "extrinsics_file",
+        "",
+        "hand-eye YAML (calib/camera_to_base.yaml format); empty = none",
+        read_only=True,
+    ),
+    ParamSpec("extrinsics.parent_frame", "", _STATIC + "parent (robot) frame", read_only=True),
+    ParamSpec("extrinsics.child_frame", "", _STATIC + "child (optical) frame; empty = off", read_only=True),
+    ParamSpec("extrinsics.translation", [0.0, 0.0, 0.0], _STATIC + "x, y, z metres", read_only=True),
+    ParamSpec("extrinsics.quaternion_xyzw", [0.0, 0.0, 0.0, 1.0], _STATIC + "x, y, z, w", read_only=True),
+    ParamSpec("marker_length", 0.1, "approach arrow length, metres", floats=(0.0, 10.0)),
+)
 
 
 class DepthFusionNode(Node):
     """Lifts PartPointArray points to 3D: robust depth, deprojection, normal, grasp pose, target frame."""
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__("depth_fusion_node", **kwargs)
-        self._declare_parameters()
-        self._lifter = self._make_lifter({})
+    def __init__(self, *, node_name: str = NODE_NAME, **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        declare(self, DEPTH_FUSION_PARAMS)
+        self._lifter = grasp_lifter(self._p)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._depth: deque[_DepthFrame] = deque(maxlen=self._p("depth_buffer_size"))
-        self._camera: PinholeCamera | None = None
+        tf_buffer, self._tf_listener = tf_listener(self, self._p("use_tf"))
+        self.camera = CameraBuffer(
+            depth_size=self._p("depth_buffer_size"),
+            static=static_extrinsics(self._p),  # a bad file raises here: one line from main
+            tf_buffer=tf_buffer,
+            depth_topic=self._p("depth_topic"),
+            camera_info_topic=self._p("camera_info_topic"),
+        )
         self._pending: list[tuple[float, PartPointArray]] = []  # (monotonic arrival, points)
-        self._extrinsics = self._load_extrinsics()
-
-        self._tf_buffer = None
-        if self._p("use_tf") and tf2_ros is not None:
-            self._tf_buffer = tf2_ros.Buffer()
-            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
 
         self._pose_pub = self.create_publisher(PoseStamped, self._p("grasp_pose_topic"), results_qos())
         self._marker_pub = self.create_publisher(MarkerArray, self._p("markers_topic"), results_qos())
         self._points_pub = self.create_publisher(PartPointArray, self._p("points_3d_topic"), results_qos())
         self.create_subscription(PartPointArray, self._p("points_topic"), self._on_points, results_qos())
-        self.create_subscription(
-            Image, self._p("depth_topic"), self._on_depth, sensor_qos(), qos_overriding_options=QOS_OVERRIDES
-        )
-        self.create_subscription(
-            CameraInfo,
-            self._p("camera_info_topic"),
-            self._on_camera_info,
-            sensor_qos(),
-            qos_overriding_options=QOS_OVERRIDES,
-        )
+        for msg_type, topic, callback in (
+            (Image, "depth_topic", self._on_depth),
+            (CameraInfo, "camera_info_topic", self._on_camera_info),
+        ):
+            self.create_subscription(
+                msg_type, self._p(topic), callback, sensor_qos(), qos_overriding_options=QOS_OVERRIDES
+            )
+        if self._p("extrinsics_topic"):
+            self.create_subscription(
+                TransformStamped, self._p("extrinsics_topic"), self._on_extrinsics, latched_qos()
+            )
         self.create_timer(0.05, self._expire_pending)
+        static = "static extrinsics" if self.camera.extrinsics else "no static extrinsics"
+        topic = self._p("extrinsics_topic") or "no extrinsics topic"
+        tf = "on" if tf_buffer is not None else "off"
         self.get_logger().info(
-            f"lifting {self._p('points_topic')} with {self._p('depth_topic')} "
-            f"into {self._p('target_frame')!r} "
-            f"({'static extrinsics' if self._extrinsics else 'no static extrinsics'}, "
-            f"tf2 {'on' if self._tf_buffer else 'off' if tf2_ros else 'not installed'})"
+            f"lifting {self._p('points_topic')} with {self._p('depth_topic')} into "
+            f"{self._p('target_frame')!r} ({static}, {topic}, tf2 {tf})"
         )
 
     # ------------------------------------------------------------------ parameters
-    def _declare_parameters(self) -> None:
-        topics = {
-            "points_topic": ("/part_point/points", "2D part points in (PartPointArray)"),
-            "depth_topic": (
-                "/camera/aligned_depth_to_color/image_raw",
-                "depth aligned to colour (16UC1 mm / 32FC1 m)",
-            ),
-            "camera_info_topic": ("/camera/color/camera_info", "camera_info of the colour camera"),
-            "grasp_pose_topic": ("/part_point/grasp_pose", "grasp poses out (PoseStamped, target frame)"),
-            "markers_topic": ("/part_point/markers", "RViz markers out"),
-            "points_3d_topic": ("/part_point/points_3d", "part points with 3D filled in, out"),
-        }
-        for name, (default, text) in topics.items():
-            self.declare_parameter(name, default, _descriptor(text, read_only=True))
-        self.declare_parameter("target_frame", "base_link", _descriptor("frame of the grasp poses"))
-        self.declare_parameter(
-            "stamp_tolerance",
-            0.05,
-            _descriptor("largest |points stamp - depth stamp|, seconds", floats=(0.0, 10.0)),
-        )
-        self.declare_parameter(
-            "depth_wait",
-            0.5,
-            _descriptor("how long points wait for their depth frame, seconds", floats=(0.0, 10.0)),
-        )
-        self.declare_parameter(
-            "depth_buffer_size",
-            10,
-            _descriptor("depth frames kept for matching", read_only=True, ints=(1, 300)),
-        )
-        self.declare_parameter(
-            "depth_window", 5, _descriptor("median window for depth, pixels", ints=(1, 51))
-        )
-        self.declare_parameter(
-            "normal_radius", 7, _descriptor("half size of the normal patch, pixels", ints=(1, 50))
-        )
-        self.declare_parameter(
-            "min_points", 10, _descriptor("fewest depth points for a normal", ints=(3, 10000))
-        )
-        self.declare_parameter("min_depth", 0.1, _descriptor("valid depth from, metres", floats=(0.0, 100.0)))
-        self.declare_parameter(
-            "max_depth", 10.0, _descriptor("valid depth up to, metres", floats=(0.0, 100.0))
-        )
-        self.declare_parameter(
-            "use_tf", True, _descriptor("look up transforms in tf2 when tf2_ros is installed", read_only=True)
-        )
-        self.declare_parameter(
-            "extrinsics_file",
-            "",
-            _descriptor("hand-eye YAML (calib/camera_to_base.yaml format); empty = none", read_only=True),
-        )
-        static = "static camera pose instead of a file: "
-        self.declare_parameter(
-            "extrinsics.parent_frame", "", _descriptor(static + "parent (robot) frame", read_only=True)
-        )
-        self.declare_parameter(
-            "extrinsics.child_frame",
-            "",
-            _descriptor(static + "child (optical) frame; empty = off", read_only=True),
-        )
-        self.declare_parameter(
-            "extrinsics.translation", [0.0, 0.0, 0.0], _descriptor(static + "x, y, z metres", read_only=True)
-        )
-        self.declare_parameter(
-            "extrinsics.quaternion_xyzw",
-            [0.0, 0.0, 0.0, 1.0],
-            _descriptor(static + "x, y, z, w", read_only=True),
-        )
-        self.declare_parameter(
-            "marker_length", 0.1, _descriptor("approach arrow length, metres", floats=(0.0, 10.0))
-        )
-
-    def _p(self, name: str):
+    def _p(self, name: str) -> Any:
         return self.get_parameter(name).value
 
-    def _make_lifter(self, changes: dict) -> GraspLifter:
-        def val(n):
-            return changes.get(n, self._p(n))
-
-        if val("min_depth") >= val("max_depth"):
-            raise InputError(f"min_depth ({val('min_depth')}) must be below max_depth ({val('max_depth')})")
-        return GraspLifter(
-            depth_window=val("depth_window"),
-            normal_radius=val("normal_radius"),
-            min_depth=val("min_depth"),
-            max_depth=val("max_depth"),
-            min_points=val("min_points"),
-        )
-
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        new = {p.name: p.value for p in params}
         try:
-            self._lifter = self._make_lifter({p.name: p.value for p in params})
+            self._lifter = grasp_lifter(lambda name: new.get(name, self._p(name)))
         except InputError as err:
             return SetParametersResult(successful=False, reason=str(err))
         return SetParametersResult(successful=True)
 
-    def _load_extrinsics(self) -> list[RigidTransform]:
-        found = []
-        path = self._p("extrinsics_file")
-        if path:
-            found.append(load_extrinsics(path))
-        child = self._p("extrinsics.child_frame")
-        if child:
-            parent = self._p("extrinsics.parent_frame") or self._p("target_frame")
-            found.append(
-                RigidTransform.from_translation_quaternion(
-                    self._p("extrinsics.translation"),
-                    self._p("extrinsics.quaternion_xyzw"),
-                    parent_frame=parent,
-                    child_frame=child,
-                )
-            )
-        return found
-
     # ------------------------------------------------------------------ inputs
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        try:
-            self._camera = camera_from_camera_info(msg)
-        except PartPointError as err:
-            self.get_logger().warning(str(err), throttle_duration_sec=LOG_THROTTLE_S)
+        dropped = self.camera.add_camera_info(msg)
+        if dropped:
+            self.get_logger().warning(dropped, throttle_duration_sec=LOG_THROTTLE_S)
+
+    def _on_extrinsics(self, msg: TransformStamped) -> None:
+        dropped = self.camera.add_extrinsics(msg)
+        if dropped:
+            self.get_logger().warning(dropped, throttle_duration_sec=LOG_THROTTLE_S)
 
     def _on_depth(self, msg: Image) -> None:
-        try:
-            depth_m = depth_to_metres(image_to_numpy(msg), msg.encoding)
-        except PartPointError as err:
-            self.get_logger().warning(f"depth image dropped: {err}", throttle_duration_sec=LOG_THROTTLE_S)
-            return
-        self._depth.append(_DepthFrame(stamp_to_seconds(msg.header.stamp), msg.header.frame_id, depth_m))
+        self.camera.add_depth(msg)
         still_pending = []
         for arrived, points in self._pending:
             if not self._try_process(points, final=False):
@@ -262,39 +188,27 @@ class DepthFusionNode(Node):
         self._pending = keep
 
     # ------------------------------------------------------------------ lifting
-    def _match_depth(self, stamp: float) -> _DepthFrame | None:
+    def _depth_for(self, header: Header, *, final: bool) -> DepthFrame | str | None:
+        """The depth frame of the points' stamp, the reason there is none, or None to wait for it."""
         tolerance = self._p("stamp_tolerance")
-        best = min(self._depth, key=lambda f: abs(f.stamp - stamp), default=None)
-        return best if best is not None and abs(best.stamp - stamp) <= tolerance else None
+        depth = self.camera.depth_near(header.stamp, tolerance, what="points'")
+        if isinstance(depth, str):
+            newest = self.camera.newest_depth_stamp
+            may_still_come = newest is None or newest < stamp_to_seconds(header.stamp) + tolerance
+            return None if may_still_come and not final else depth
+        if self.camera.camera is None and not final:
+            return None
+        return self.camera.metric_depth(depth)
 
     def _try_process(self, msg: PartPointArray, *, final: bool) -> bool:
         """Lift and publish ``msg``; False (nothing published) if its depth frame may still come."""
-        stamp = stamp_to_seconds(msg.header.stamp)
-        frame = self._match_depth(stamp)
-        reason = ""
+        frame = self._depth_for(msg.header, final=final)
         if frame is None:
-            newest = max((f.stamp for f in self._depth), default=None)
-            could_still_come = newest is None or newest < stamp + self._p("stamp_tolerance")
-            if could_still_come and not final:
-                return False
-            reason = (
-                f"no depth image within {self._p('stamp_tolerance')} s of the points' stamp {stamp:.3f} "
-                f"on {self._p('depth_topic')}"
-                + (
-                    " (none received)"
-                    if newest is None
-                    else f" (newest {newest:.3f}, {len(self._depth)} buffered)"
-                )
-            )
-        elif self._camera is None:
-            if not final:
-                return False
-            reason = f"no camera_info received on {self._p('camera_info_topic')}"
-
+            return False
         out = PartPointArray(header=msg.header)
         markers = MarkerArray(markers=[Marker(action=Marker.DELETEALL)])
         for index, point in enumerate(msg.points):
-            lifted = self._lift_point(point, msg, frame, reason)
+            lifted = self._lift_point(point, msg.header, frame)
             out.points.append(lifted)
             if lifted.has_3d:
                 self._pose_pub.publish(lifted.grasp_pose)
@@ -303,70 +217,30 @@ class DepthFusionNode(Node):
         self._marker_pub.publish(markers)
         return True
 
-    def _lift_point(
-        self, point: PartPoint, msg: PartPointArray, frame: _DepthFrame | None, reason: str
-    ) -> PartPoint:
+    def _lift_point(self, point: PartPoint, header: Header, frame: DepthFrame | str) -> PartPoint:
         out = PartPoint()
         for field in ("header", "query", "u", "v", "score", "found", "message"):
             setattr(out, field, getattr(point, field))
         if not out.header.frame_id:
-            out.header = msg.header
+            out.header = header
         out.has_3d = False
         if not point.found:
             out.message = point.message or "part not found in the image"
             return out
-        optical = out.header.frame_id
-        if not reason and frame.frame_id and optical and frame.frame_id != optical:
-            reason = (
-                f"depth is in frame {frame.frame_id!r} but the points in {optical!r}: "
-                "use depth aligned to the colour image"
+        lifted = frame
+        if isinstance(frame, DepthFrame):
+            lifted = self.camera.lift_in(
+                frame, out.header, point.u, point.v, self._p("target_frame"), lifter=self._lifter
             )
-        if not reason:
-            result = self._lifter.lift(point.u, point.v, frame.depth_m, self._camera)
-            reason = "" if result.ok else result.reason
-        if not reason:
-            to_target = self._transform(self._p("target_frame"), optical, out.header.stamp)
-            reason = to_target if isinstance(to_target, str) else ""
-        if reason:
-            out.message = reason
-            self.get_logger().warning(f"{point.query!r}: {reason}", throttle_duration_sec=LOG_THROTTLE_S)
+        if isinstance(lifted, str):
+            out.message = lifted
+            self.get_logger().warning(f"{point.query!r}: {lifted}", throttle_duration_sec=LOG_THROTTLE_S)
             return out
-        assert isinstance(result, GraspResult)
-        grasp = to_target @ RigidTransform(result.pose.matrix, optical, "grasp")
-        out.point = point_msg(result.point)
-        out.normal = vector_msg(result.normal)
-        out.grasp_pose = pose_stamped_msg(grasp, out.header.stamp)
+        optical_point, normal, grasp = lifted
+        out.point, out.normal, out.grasp_pose = point_msg(optical_point), vector_msg(normal), grasp
         out.has_3d = True
         out.message = ""
         return out
-
-    def _transform(self, target: str, source: str, stamp) -> RigidTransform | str:
-        """T_target_source, or a one-line reason why there is none."""
-        if not source:
-            return "the points have no frame_id: cannot place them in 3D"
-        if target == source:
-            return RigidTransform.identity(target)
-        for t in self._extrinsics:
-            if (t.parent_frame, t.child_frame) == (target, source):
-                return t
-            if (t.parent_frame, t.child_frame) == (source, target):
-                return t.inverse()
-        if self._tf_buffer is not None:
-            for when in (Time.from_msg(stamp), Time()):  # at the stamp, else latest
-                try:
-                    return transform_from_msg(self._tf_buffer.lookup_transform(target, source, when))
-                except (
-                    tf2_ros.LookupException,
-                    tf2_ros.ConnectivityException,
-                    tf2_ros.ExtrapolationException,
-                ):
-                    continue
-            return f"tf2 has no transform from {source!r} to {target!r}"
-        known = ", ".join(f"{t.parent_frame}<-{t.child_frame}" for t in self._extrinsics) or "none"
-        return (
-            f"no transform from {source!r} to {target!r} (static extrinsics: {known}"
-            f"{'' if tf2_ros else '; tf2_ros is not installed'}): set extrinsics_file or extrinsics.*"
-        )
 
     def _markers(self, index: int, point: PartPoint) -> list[Marker]:
         header = point.grasp_pose.header

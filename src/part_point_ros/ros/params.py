@@ -1,7 +1,8 @@
 """Parameters of the nodes: declarations with descriptors, checks, and the config YAML.
 
 The parameters of part_point_node and sim_camera_node are listed once here as ``ParamSpec`` entries
-(PART_POINT_PARAMS, SIM_CAMERA_PARAMS); ``declare`` turns them into ``declare_parameter`` calls with
+(PART_POINT_PARAMS, SIM_CAMERA_PARAMS; depth_fusion_node's DEPTH_FUSION_PARAMS live in its module);
+``declare`` turns them into ``declare_parameter`` calls with
 a ``ParameterDescriptor`` (description, range, read-only), and
 ``check_changes`` validates the ``choices`` in a set-parameters callback. ``load_node_parameters``
 reads one node's ``ros__parameters`` section of a ROS parameter file (config/part_point.yaml) with
@@ -292,7 +293,11 @@ TOPIC_ARGUMENTS = {  # launch argument -> (camera_topics key, {node: parameter})
     "depth_info_topic": ("depth_info", {"sim_camera_node": "depth_info_topic"}),
     "extrinsics_topic": (
         "extrinsics",
-        {"part_point_node": "extrinsics_topic", "sim_camera_node": "extrinsics_topic"},
+        {
+            "part_point_node": "extrinsics_topic",
+            "depth_fusion_node": "extrinsics_topic",
+            "sim_camera_node": "extrinsics_topic",
+        },
     ),
 }
 NODE_NAMES = ("part_point_node", "depth_fusion_node", "sim_camera_node")

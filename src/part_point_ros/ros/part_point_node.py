@@ -52,7 +52,7 @@ from geometry_msgs.msg import PoseStamped, TransformStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.task import Future
@@ -61,22 +61,15 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
 
 from part_point_ros.errors import CheckpointError, InputError, PartPointError
-from part_point_ros.geometry.calib import load_extrinsics
-from part_point_ros.geometry.transforms import RigidTransform
 from part_point_ros.grounding.inputs import check_query
 from part_point_ros.grounding.result import PointResult, draw_overlay
 from part_point_ros.msg import PartPoint, PartPointArray
-from part_point_ros.ros.camera_buffer import CameraBuffer
+from part_point_ros.ros.camera_buffer import CameraBuffer, grasp_lifter, static_extrinsics, tf_listener
 from part_point_ros.ros.conversions import image_to_numpy, numpy_to_image, point_msg, vector_msg
 from part_point_ros.ros.params import PART_POINT_PARAMS, check_changes, declare
 from part_point_ros.ros.qos import QOS_OVERRIDES, latched_qos, results_qos, sensor_qos
-from part_point_ros.ros.spin import ros_context
+from part_point_ros.ros.spin import ros_context, run_main
 from part_point_ros.srv import PointPart
-
-try:  # tf2_ros comes with a system ROS install; the PyPI wheels do not have it
-    import tf2_ros
-except ImportError:
-    tf2_ros = None
 
 NODE_NAME = "part_point_node"
 COLOUR_ENCODINGS = ("rgb8", "bgr8")
@@ -170,9 +163,10 @@ class PartPointNode(LifecycleNode):
                 )
         if not reason:
             new = {p.name: p.value for p in params}
-            lo, hi = new.get("min_depth", self._p("min_depth")), new.get("max_depth", self._p("max_depth"))
-            if lo >= hi:
-                reason = f"min_depth ({lo}) must be below max_depth ({hi})"
+            try:
+                grasp_lifter(lambda name: new.get(name, self._p(name)))
+            except InputError as err:
+                reason = str(err)
         return SetParametersResult(successful=not reason, reason=reason)
 
     def _after_set_parameters(self, params: list[Parameter]) -> None:
@@ -189,16 +183,13 @@ class PartPointNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._pointer = self._load_pointer()
-            static = self._load_static_extrinsics()
+            static = static_extrinsics(self._p)
         except Exception as err:  # noqa: BLE001 - every loading failure is a FAILURE with its reason
             self._pointer = None
             self.last_error = f"configure failed: {_one_line(err)}"
             self.get_logger().error(self.last_error)
             return TransitionCallbackReturn.FAILURE
-        tf_buffer = None
-        if self._p("use_tf") and tf2_ros is not None:
-            tf_buffer = tf2_ros.Buffer()
-            self._tf_listener = tf2_ros.TransformListener(tf_buffer, self)
+        tf_buffer, self._tf_listener = tf_listener(self, self._p("use_tf"))
         self.camera = CameraBuffer(
             depth_size=self._p("depth_buffer_size"),
             static=static,
@@ -323,22 +314,6 @@ class PartPointNode(LifecycleNode):
         )
         pointer.threshold = self._threshold(method)
         return pointer
-
-    def _load_static_extrinsics(self) -> list[RigidTransform]:
-        found = []
-        if self._p("extrinsics_file"):
-            found.append(load_extrinsics(self._p("extrinsics_file")))
-        child = self._p("extrinsics.child_frame")
-        if child:
-            found.append(
-                RigidTransform.from_translation_quaternion(
-                    self._p("extrinsics.translation"),
-                    self._p("extrinsics.quaternion_xyzw"),
-                    parent_frame=self._p("extrinsics.parent_frame") or self._p("target_frame"),
-                    child_frame=child,
-                )
-            )
-        return found
 
     def _stop_inputs(self) -> None:
         self._active = False
@@ -563,18 +538,8 @@ class PartPointNode(LifecycleNode):
 
     def _grasp(self, job: _Job, u: float, v: float) -> tuple[np.ndarray, np.ndarray, PoseStamped] | str:
         """(point, normal) in the optical frame and the grasp pose in the target frame, or why not."""
-        from part_point_ros.geometry.grasp import GraspLifter
-
-        lifter = GraspLifter(
-            depth_window=self._p("depth_window"),
-            normal_radius=self._p("normal_radius"),
-            min_depth=self._p("min_depth"),
-            max_depth=self._p("max_depth"),
-            min_points=self._p("min_points"),
-        )
-        return self.camera.lift(
-            job.header, u, v, job.target_frame, lifter=lifter, tolerance=self._p("stamp_tolerance")
-        )
+        lifter, tolerance = grasp_lifter(self._p), self._p("stamp_tolerance")
+        return self.camera.lift(job.header, u, v, job.target_frame, lifter=lifter, tolerance=tolerance)
 
     # ------------------------------------------------------------------ outputs
     def _publish(self, job: _Job, result: PointResult, point: PartPoint) -> None:
@@ -651,7 +616,8 @@ def _rgb(msg: Image, what: str) -> np.ndarray:
 
 def main(args: list[str] | None = None) -> int:
     """``part_point_node``: spin on a MultiThreadedExecutor; ``autostart:=true`` configures + activates."""
-    try:
+
+    def body() -> int:
         with ros_context(args):
             node = PartPointNode()
             executor = MultiThreadedExecutor()
@@ -664,9 +630,9 @@ def main(args: list[str] | None = None) -> int:
             finally:
                 executor.shutdown()
                 node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    return 0
+        return 0
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

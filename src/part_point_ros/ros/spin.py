@@ -1,7 +1,12 @@
-"""How every node's ``main`` starts and stops rclpy.
+"""How every node's ``main`` starts and stops rclpy, and turns user mistakes into one line.
 
 ROS 2 Kilted's rclpy lets ``with rclpy.init(args=args):`` manage the context; Jazzy's rclpy 7.x
 (the PyPI wheels) returns None from ``init``. ``ros_context`` gives the same shape on both.
+
+User mistakes end a node with ONE line on stderr and exit status 1, never a traceback:
+a PartPointError (e.g. a missing calibration file), a parameter rclpy refuses while the node
+declares it (``--ros-args -p width:=4`` out of a descriptor's range, a wrong type, a read-only
+parameter set later), and ``--ros-args`` that rcl cannot parse.
 """
 
 from __future__ import annotations
@@ -11,38 +16,80 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 
-from part_point_ros.errors import PartPointError
+from part_point_ros.errors import InputError, PartPointError
+
+# what a user can get wrong on the command line or in a params file (ParameterException covers
+# InvalidParameterValueException, InvalidParameterTypeException, ParameterImmutableException, ...)
+USER_ERRORS: tuple[type[BaseException], ...] = (PartPointError, ParameterException)
 
 
 @contextmanager
 def ros_context(args: list[str] | None = None) -> Iterator[None]:
-    """``rclpy.init(args)`` on entry, ``rclpy.try_shutdown()`` on exit, whatever happened."""
-    rclpy.init(args=args)
+    """``rclpy.init(args)`` on entry, ``rclpy.try_shutdown()`` on exit, whatever happened.
+
+    ROS arguments that rcl cannot parse (``--ros-args -p width``) raise InputError (one line).
+    """
+    try:
+        rclpy.init(args=args)
+    except _rclpy.RCLError as err:
+        raise InputError(f"bad ROS arguments: {_rcl_reason(err)}") from err
     try:
         yield
     finally:
         rclpy.try_shutdown()
 
 
+def _rcl_reason(err: BaseException) -> str:
+    """rcl's "failed to initialize rcl: <why>. Error: <lexer detail>, at <file>:<line>" -> <why>."""
+    text = _first_line(err).removeprefix("failed to initialize rcl: ")
+    why = text.split(". Error: ")[0].split(", at /")[0]
+    hint = " (use -p NAME:=VALUE)" if "parameter override" in why else ""
+    return why + hint
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def error_line(err: BaseException) -> str:
+    """The one line printed for a user mistake: ``error: <what is wrong>``."""
+    if isinstance(err, ParameterException):
+        return f"error: {_first_line(err)} (check --ros-args -p NAME:=VALUE and the params file)"
+    return f"error: {_first_line(err)}"
+
+
+def run_main(body: Callable[[], int | None]) -> int:
+    """Run a node's ``main`` body; the exit status: its own, 0 on Ctrl-C or an external shutdown,
+    1 after printing ONE line for a user mistake (``USER_ERRORS``)."""
+    try:
+        return body() or 0
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 0
+    except USER_ERRORS as err:
+        print(error_line(err), file=sys.stderr)
+        return 1
+
+
 def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
     """Build a node and spin it until Ctrl-C or an external shutdown; the exit status for ``main``.
 
-    A user mistake found while building the node (a PartPointError, e.g. a missing calibration
-    file) prints one line on stderr and returns 1, without a traceback.
+    A user mistake found while building the node (a missing calibration file, a parameter out of its
+    range) prints one line on stderr and returns 1, without a traceback.
     """
-    try:
+
+    def body() -> int:
         with ros_context(args):
             node = make_node()
             try:
                 rclpy.spin(node)
             finally:
                 node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except PartPointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_main(body)
