@@ -19,7 +19,7 @@ from part_point_ros.cli import train_commands
 
 PROG = "part-point"
 # Verbs other parts of the project will fill in; until then they say so and exit 2.
-PLACEHOLDER_ISSUES = {"demo": "4"}
+PLACEHOLDER_ISSUES: dict[str, str] = {}
 
 
 class UserError(Exception):
@@ -93,6 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-new-tokens", type=int, default=32, help="text: tokens generated (forced)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     _add_backbone_options(bench)
+
+    demo = sub.add_parser("demo", help="the ROS 2 graph on the synthetic RGB-D world, end to end")
+    demo.add_argument("--out", type=Path, help="output directory (default runs/demo)")
+    demo.add_argument(
+        "--seeds",
+        help="scene seeds, e.g. 200000,200001 or 200000:200005 (default 200000,200001: held-out test)",
+    )
+    demo.add_argument("--queries-per-scene", type=int, help="queries asked per scene (default 3)")
+    demo.add_argument("--backbone", help="MLLM directory or hub id (default models/tiny-tabletop-llava)")
+    demo.add_argument("--head", help="a2p: trained head directory (default models/tiny-tabletop-a2p)")
+    demo.add_argument("--method", choices=("a2p", "attention"), help="pointing method (default a2p)")
+    demo.add_argument(
+        "--heads", help="attention: localization heads file (default: shipped for the backbone)"
+    )
+    demo.add_argument("--timeout", type=float, help="longest wait for one step, seconds (default 60)")
+    demo.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID (default: a private one, 101..200)")
 
     COMMANDS.update(train_commands.register(sub))
     for verb, issue in PLACEHOLDER_ISSUES.items():
@@ -233,7 +249,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"point": cmd_point, "select-heads": cmd_select_heads, "bench": cmd_bench}
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:  # the ROS-free CLI works without rclpy; only this verb needs it
+        from part_point_ros.ros import demo
+    except ImportError as err:
+        raise UserError(
+            f"the demo needs ROS 2 (rclpy) and the colcon build ({err}): "
+            "run scripts/demo.sh or . scripts/env.sh first"
+        ) from None
+    return demo.main(args)
+
+
+COMMANDS = {"point": cmd_point, "select-heads": cmd_select_heads, "bench": cmd_bench, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -118,6 +118,11 @@ class Bringup:
             self._rviz.terminate()
         if getattr(self, "executor", None) is not None:
             self.executor.shutdown()
+            # rclpy 7.1 (Jazzy): shutdown() returns while callbacks still run in the executor's
+            # thread pool (a private attribute); drain it so none touches a node destroyed below
+            pool = getattr(self.executor, "_executor", None)
+            if pool is not None and hasattr(pool, "shutdown"):
+                pool.shutdown(wait=True)
         for node in reversed(self.nodes):
             node.destroy_node()
         self.nodes = []
