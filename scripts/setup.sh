@@ -137,12 +137,12 @@ mkdir -p "$WS/src"
 BUILD_STAMP="$WS/install/.part_point_build.sha256"
 # content of what CMake generates from, names of the data files it installs (--symlink-install
 # keeps the content of installed files live, so a new or removed file is what needs a rebuild).
-# Python sources are not hashed: env.sh puts src/ first on PYTHONPATH, so new modules need no build.
+# Python sources: only their names count (a new module needs its link in install/; content is live).
 build_hash="$(
   cd "$ROOT"
   {
     cat package.xml CMakeLists.txt msg/*.msg srv/*.srv 2>/dev/null
-    find launch config calib rviz models -type f \
+    find launch config calib rviz models src -type f \
       -not -path '*/__pycache__/*' -not -name '*.pyc' 2>/dev/null | LC_ALL=C sort
     echo "$VPY"
   } | sha256sum | cut -d' ' -f1

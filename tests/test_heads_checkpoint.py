@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import torch
+from heads_helpers import tiny_backbone, tiny_head_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -15,20 +16,10 @@ from part_point_ros.heads import HeadConfig, PartPointHead
 from part_point_ros.types import HeadRef
 
 D = 8
-BACKBONE = {
-    "name": "tiny",
-    "family": "llava",
-    "num_layers": 4,
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "head_dim": D,
-}
 
 
 def config(**kw) -> HeadConfig:
-    base = {"heads": [[1, 0], [2, 3]], "d_head": D, "d_fused": 16, "n_blocks": 1, "norm_groups": 4}
-    base.update(kw)
-    return HeadConfig(backbone=dict(BACKBONE), **base)
+    return tiny_head_config(D, **({"d_fused": 16, "n_blocks": 1, "norm_groups": 4} | kw))
 
 
 def inputs(grid=(2, 3)):
@@ -84,7 +75,7 @@ def test_config_errors_name_the_field(overrides, message):
 
 def test_config_backbone_dict_is_checked():
     with pytest.raises(ValueError, match=r"missing keys \['head_dim'\], unknown keys \['heads'\]"):
-        bad = {k: v for k, v in BACKBONE.items() if k != "head_dim"} | {"heads": 1}
+        bad = {k: v for k, v in tiny_backbone(D).items() if k != "head_dim"} | {"heads": 1}
         HeadConfig(backbone=bad, heads=[[0, 0]], d_head=D)
 
 

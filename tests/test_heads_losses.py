@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from heads_helpers import tiny_head_config
 from scipy import ndimage
 
 from part_point_ros.heads import HeadConfig, HeadOutput
@@ -24,18 +25,9 @@ from part_point_ros.heads.losses import (
     symmetric_sdf_penalty,
 )
 
-BACKBONE = {
-    "name": "tiny",
-    "family": "llava",
-    "num_layers": 4,
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "head_dim": 8,
-}
-
 
 def config(**kw) -> HeadConfig:
-    return HeadConfig(backbone=dict(BACKBONE), heads=[[1, 0], [2, 3]], d_head=8, **kw)
+    return tiny_head_config(8, **kw)
 
 
 # ---------------------------------------------------------------- penalty_f

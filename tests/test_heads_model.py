@@ -8,26 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from heads_helpers import tiny_backbone, tiny_head_config
 
 from part_point_ros.heads import AttentionToPoint, HeadConfig, PartPointHead, QuerySynthesis
 from part_point_ros.heads.losses import build_heatmap_targets, head_loss
 from part_point_ros.heads.query_synthesis import pool_queries
 
 D = 16
-BACKBONE = {
-    "name": "tiny",
-    "family": "llava",
-    "num_layers": 4,
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "head_dim": D,
-}
 
 
 def config(**kw) -> HeadConfig:
-    base = {"heads": [[1, 0], [2, 3]], "d_head": D, "d_fused": 32, "norm_groups": 8}
-    base.update(kw)
-    return HeadConfig(backbone=dict(BACKBONE), **base)
+    return tiny_head_config(D, **({"d_fused": 32, "norm_groups": 8} | kw))
 
 
 def inputs(k=2, batch=2, length=6, grid=(3, 5), seed=0):
@@ -217,7 +208,7 @@ def test_parameter_counts_match_the_layer_sizes():
 
 
 def test_parameter_counts_of_the_paper_configuration():
-    backbone = dict(BACKBONE, num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128)
+    backbone = tiny_backbone(128, num_layers=32, num_heads=32, num_kv_heads=32)
     cfg = HeadConfig(backbone=backbone, heads=[[14, 24], [14, 13], [16, 1], [18, 15], [19, 23]])
     counts = PartPointHead(cfg).num_parameters()
     print(f"\nk=5, d_h=128: {counts} (paper: Q-Synth 2.3 M, A2P 1.7 M)")

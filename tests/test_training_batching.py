@@ -5,20 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from heads_helpers import tiny_head_config
 
-from part_point_ros.heads import HeadConfig
 from part_point_ros.training.batching import FeatureItem, GridBucketBatchSampler, collate
 from part_point_ros.training.targets import mask_targets
 from part_point_ros.types import ImageGrid
-
-BACKBONE = {
-    "name": "tiny",
-    "family": "llava",
-    "num_layers": 4,
-    "num_heads": 4,
-    "num_kv_heads": 2,
-    "head_dim": 8,
-}
 
 
 def identity_grid(size: int = 8, cells: int = 2) -> ImageGrid:
@@ -55,7 +46,7 @@ def item(index: int, length: int, grid: ImageGrid, k: int = 2, d: int = 8) -> Fe
 
 
 def test_collate_pads_queries_and_builds_heatmap_targets():
-    config = HeadConfig(backbone=BACKBONE, heads=[(1, 0), (2, 1)], d_head=8)
+    config = tiny_head_config(heads=[(1, 0), (2, 1)])
     grid = identity_grid(16, 4)
     items = [item(0, 3, grid), item(1, 5, grid)]
     batch = collate(items, config)
@@ -70,7 +61,7 @@ def test_collate_pads_queries_and_builds_heatmap_targets():
 
 
 def test_collate_refuses_mixed_grids():
-    config = HeadConfig(backbone=BACKBONE, heads=[(1, 0), (2, 1)], d_head=8)
+    config = tiny_head_config(heads=[(1, 0), (2, 1)])
     with pytest.raises(ValueError, match="one image-token grid"):
         collate([item(0, 3, identity_grid(16, 4)), item(1, 3, identity_grid(16, 2))], config)
 

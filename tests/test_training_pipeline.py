@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from training_helpers import synthetic_root, tiny_cache_config  # noqa: F401
 
-from part_point_ros.cli.train_commands import main
+from part_point_ros.cli.main import main
 from part_point_ros.data import load_dataset
 from part_point_ros.heads import HeadConfig
 from part_point_ros.training.config import TrainConfig, load_config

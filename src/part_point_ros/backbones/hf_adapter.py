@@ -61,8 +61,9 @@ class HFAdapter(BackboneAdapter):
         """The image-token grid for an original image of ``image_size`` (width, height)."""
 
     @property
-    @abstractmethod
-    def image_token_id(self) -> int: ...
+    def image_token_id(self) -> int:
+        """The image placeholder token in ``input_ids`` (``config.image_token_id`` in both families)."""
+        return int(self.model.config.image_token_id)
 
     @property
     def decoder_layers(self) -> nn.ModuleList:

@@ -71,10 +71,6 @@ class LlavaAdapter(HFAdapter):
 
         return AutoProcessor.from_pretrained(name_or_path)
 
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
     def build_prompt(self, instruction: str) -> str:
         return f"USER: <image>\n{instruction.strip()} ASSISTANT:"
 

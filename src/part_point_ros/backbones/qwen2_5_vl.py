@@ -37,10 +37,6 @@ class Qwen25VLAdapter(HFAdapter):
         # the video processor needs torchvision; images and text go through the same code without it
         return qwen_image_text_processor_class().from_pretrained(name_or_path)
 
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
     def build_prompt(self, instruction: str) -> str:
         messages = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction.strip()}]}

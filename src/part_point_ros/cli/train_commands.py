@@ -1,8 +1,8 @@
 """``part-point cache / train / eval``: feature cache, head training, evaluation report.
 
-``register(subparsers)`` adds the three verbs to the ``part-point`` parser; each sub-parser's
-``handler`` default is the function to call with the parsed args. ``main(argv)`` runs them on
-their own (same error contract: one line on stderr, exit 1, no traceback for a user mistake).
+``register(subparsers)`` adds the three verbs to the ``part-point`` parser and returns
+{verb: handler}; ``part_point_ros.cli.main.main`` runs the handler with the parsed args (one line
+on stderr, exit 1, no traceback for a user mistake).
 
 All three read a training config (``config/train_*.yaml``, fields of ``training.TrainConfig``) and
 accept ``KEY=VALUE`` overrides, e.g. ``epochs=2 head.sdf_lambda=0.01 eval_data.max_samples=100``.
@@ -15,10 +15,8 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
-
-PROG = "part-point"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -37,12 +35,10 @@ def register(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     _add_common(cache)
     cache.add_argument("--split", default="all", choices=("train", "eval", "all"), help="default all")
     cache.add_argument("--no-progress", action="store_true", help="no progress bar")
-    cache.set_defaults(handler=cmd_cache)
 
     train = subparsers.add_parser("train", help="train the head on the feature cache")
     _add_common(train)
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
-    train.set_defaults(handler=cmd_train)
 
     evaluate = subparsers.add_parser("eval", help="accuracy / patch accuracy report")
     _add_common(evaluate)
@@ -55,7 +51,6 @@ def register(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
         "--dtype", default="float32", help="backbone dtype for live methods (default float32)"
     )
     evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")
-    evaluate.set_defaults(handler=cmd_eval)
     return {"cache": cmd_cache, "train": cmd_train, "eval": cmd_eval}
 
 
@@ -122,27 +117,3 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
     print(f"report: {outcome.files['markdown']}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one of the three verbs without the rest of the ``part-point`` CLI."""
-    parser = argparse.ArgumentParser(prog=PROG)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    register(sub)
-    args = parser.parse_args(argv)
-    from part_point_ros.errors import PartPointError
-
-    try:
-        return args.handler(args)
-    except (PartPointError, OSError) as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,7 +24,11 @@ from part_point_ros.geometry.camera import PinholeCamera
 from part_point_ros.geometry.transforms import RigidTransform
 
 
-def _read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+def read_yaml_mapping(
+    path: str | Path, what: str, *, expected: str = "hold a YAML mapping"
+) -> dict[str, Any]:
+    """The mapping in the YAML file ``path``; a missing file, bad YAML or another top-level value
+    raises a one-line InputError naming the ``what`` file (and what it must ``expected``)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{what} file {str(p)!r} does not exist")
@@ -33,7 +37,7 @@ def _read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise InputError(f"{what} file {str(p)!r} is not valid YAML: {str(err).splitlines()[0]}") from err
     if not isinstance(data, dict):
-        raise InputError(f"{what} file {str(p)!r} must hold a YAML mapping")
+        raise InputError(f"{what} file {str(p)!r} must {expected}")
     return data
 
 
@@ -53,7 +57,7 @@ def _field(data: dict[str, Any], key: str, path: str | Path, size: int | None = 
 
 def load_camera_info_yaml(path: str | Path, *, frame_id: str = "") -> PinholeCamera:
     """A camera_info YAML file (as written by camera_calibration) -> PinholeCamera."""
-    data = _read_yaml(path, "camera intrinsics")
+    data = read_yaml_mapping(path, "camera intrinsics")
     model = str(data.get("distortion_model", "plumb_bob"))
     d = np.asarray(_field(data, "distortion_coefficients", path), dtype=np.float64).reshape(-1)
     return PinholeCamera(
@@ -68,7 +72,7 @@ def load_camera_info_yaml(path: str | Path, *, frame_id: str = "") -> PinholeCam
 
 def load_extrinsics(path: str | Path) -> RigidTransform:
     """A hand-eye extrinsics YAML file -> RigidTransform (parent <- child)."""
-    data = _read_yaml(path, "extrinsics")
+    data = read_yaml_mapping(path, "extrinsics")
     parent = str(_field(data, "parent_frame", path))
     child = str(_field(data, "child_frame", path))
     if not parent or not child or parent == child:

@@ -4,13 +4,16 @@
 depth frames (matched by stamp), and the camera's extrinsics (static ones, the latched extrinsics
 topic, or tf2 when it is installed). It is written by subscription callbacks and read by the
 inference worker, so every access takes its lock. Every failure is a one-line reason, never an
-exception. Both nodes build it, their static extrinsics, their tf2 listener and their GraspLifter
-with the helpers at the end of this module, from parameters of the same names.
+exception. Both nodes build it, their static extrinsics, their tf2 listener, their GraspLifter and
+their camera_info / extrinsics callbacks with the helpers at the end of this module, from parameters
+of the same names.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -243,6 +246,7 @@ class CameraBuffer:
 
 
 NO_FRAME_ID = "the image has no frame_id: cannot place the point in 3D"
+DROP_LOG_THROTTLE_S = 2.0  # at most one warning per 2 s for a stream of dropped messages
 
 
 # ---------------------------------------------------------------------- shared by both nodes' setup
@@ -293,3 +297,22 @@ def tf_listener(node: Any, use_tf: bool) -> tuple[Any, Any]:
         return None, None
     buffer = tf2_ros.Buffer()
     return buffer, tf2_ros.TransformListener(buffer, node)
+
+
+def warn_on_drop(add: Callable[[Any], str], logger: Any) -> Callable[[Any], None]:
+    """A subscription callback: ``add(msg)`` (e.g. ``CameraBuffer.add_camera_info``), and a warning
+    on ``logger`` with the reason when it drops the message, at most one per DROP_LOG_THROTTLE_S.
+
+    The throttle is this callback's own (rclpy's ``throttle_duration_sec`` is per call site, which
+    every callback made here would share)."""
+    last_warning = -math.inf
+
+    def callback(msg: Any) -> None:
+        nonlocal last_warning
+        dropped = add(msg)
+        now = time.monotonic()
+        if dropped and now - last_warning >= DROP_LOG_THROTTLE_S:
+            last_warning = now
+            logger.warning(dropped)
+
+    return callback

@@ -38,9 +38,10 @@ from part_point_ros.ros.camera_buffer import (
     grasp_lifter,
     static_extrinsics,
     tf_listener,
+    warn_on_drop,
 )
 from part_point_ros.ros.conversions import point_msg, stamp_to_seconds, vector_msg
-from part_point_ros.ros.params import ParamSpec, declare
+from part_point_ros.ros.params import GRASP_LIFTER_PARAMS, ParamSpec, declare
 from part_point_ros.ros.qos import QOS_OVERRIDES, latched_qos, results_qos, sensor_qos
 from part_point_ros.ros.spin import run_node
 
@@ -79,11 +80,7 @@ DEPTH_FUSION_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("stamp_tolerance", 0.05, "largest |points stamp - depth stamp|, seconds", floats=(0.0, 10.0)),
     ParamSpec("depth_wait", 0.5, "how long points wait for their depth frame, seconds", floats=(0.0, 10.0)),
     ParamSpec("depth_buffer_size", 10, "depth frames kept for matching", ints=(1, 300), read_only=True),
-    ParamSpec("depth_window", 5, "median window for depth, pixels", ints=(1, 51)),
-    ParamSpec("normal_radius", 7, "half size of the normal patch, pixels", ints=(1, 50)),
-    ParamSpec("min_points", 10, "fewest depth points for a normal", ints=(3, 10000)),
-    ParamSpec("min_depth", 0.1, "valid depth from, metres", floats=(0.0, 100.0)),
-    ParamSpec("max_depth", 10.0, "valid depth up to, metres", floats=(0.0, 100.0)),
+    *GRASP_LIFTER_PARAMS,
     ParamSpec("use_tf", True, "look up transforms in tf2 when tf2_ros is installed", read_only=True),
     ParamSpec(
         "extrinsics_file",
@@ -124,14 +121,17 @@ class DepthFusionNode(Node):
         self.create_subscription(PartPointArray, self._p("points_topic"), self._on_points, results_qos())
         for msg_type, topic, callback in (
             (Image, "depth_topic", self._on_depth),
-            (CameraInfo, "camera_info_topic", self._on_camera_info),
+            (CameraInfo, "camera_info_topic", warn_on_drop(self.camera.add_camera_info, self.get_logger())),
         ):
             self.create_subscription(
                 msg_type, self._p(topic), callback, sensor_qos(), qos_overriding_options=QOS_OVERRIDES
             )
         if self._p("extrinsics_topic"):
             self.create_subscription(
-                TransformStamped, self._p("extrinsics_topic"), self._on_extrinsics, latched_qos()
+                TransformStamped,
+                self._p("extrinsics_topic"),
+                warn_on_drop(self.camera.add_extrinsics, self.get_logger()),
+                latched_qos(),
             )
         self.create_timer(0.05, self._expire_pending)
         static = "static extrinsics" if self.camera.extrinsics else "no static extrinsics"
@@ -155,16 +155,6 @@ class DepthFusionNode(Node):
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ inputs
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        dropped = self.camera.add_camera_info(msg)
-        if dropped:
-            self.get_logger().warning(dropped, throttle_duration_sec=LOG_THROTTLE_S)
-
-    def _on_extrinsics(self, msg: TransformStamped) -> None:
-        dropped = self.camera.add_extrinsics(msg)
-        if dropped:
-            self.get_logger().warning(dropped, throttle_duration_sec=LOG_THROTTLE_S)
-
     def _on_depth(self, msg: Image) -> None:
         self.camera.add_depth(msg)
         still_pending = []

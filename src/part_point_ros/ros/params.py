@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.parameter import Parameter, parameter_dict_from_yaml_file
 
 from part_point_ros.errors import InputError
+from part_point_ros.geometry.calib import read_yaml_mapping
 from part_point_ros.grounding.inputs import MAX_QUERY_CHARS
 
 PACKAGE = "part_point_ros"
@@ -60,6 +60,17 @@ class ParamSpec:
         if self.ints is not None:
             d.integer_range = [IntegerRange(from_value=int(self.ints[0]), to_value=int(self.ints[1]), step=1)]
         return d
+
+
+# ---------------------------------------------------------------------- both grasp-lifting nodes
+# what ros.camera_buffer.grasp_lifter reads (part_point_node and depth_fusion_node)
+GRASP_LIFTER_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("depth_window", 5, "median window for depth, pixels", ints=(1, 51)),
+    ParamSpec("normal_radius", 7, "half size of the normal patch, pixels", ints=(1, 50)),
+    ParamSpec("min_points", 10, "fewest depth points for a normal", ints=(3, 10000)),
+    ParamSpec("min_depth", 0.1, "valid depth from, metres", floats=(0.0, 100.0)),
+    ParamSpec("max_depth", 10.0, "valid depth up to, metres", floats=(0.0, 100.0)),
+)
 
 
 # ---------------------------------------------------------------------- part_point_node
@@ -145,11 +156,7 @@ PART_POINT_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_heatmap", True, "publish the heatmap image"),
     ParamSpec("publish_overlay", True, "publish the overlay image"),
     ParamSpec("heatmap_encoding", "32FC1", "heatmap image encoding", choices=("32FC1", "mono8")),
-    ParamSpec("depth_window", 5, "median window for depth, pixels", ints=(1, 51)),
-    ParamSpec("normal_radius", 7, "half size of the normal patch, pixels", ints=(1, 50)),
-    ParamSpec("min_points", 10, "fewest depth points for a normal", ints=(3, 10000)),
-    ParamSpec("min_depth", 0.1, "valid depth from, metres", floats=(0.0, 100.0)),
-    ParamSpec("max_depth", 10.0, "valid depth up to, metres", floats=(0.0, 100.0)),
+    *GRASP_LIFTER_PARAMS,
     ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics, seconds", floats=(0.05, 60.0)),
     ParamSpec("autostart", False, "configure and activate on start (standalone runs without launch)"),
 )
@@ -223,14 +230,7 @@ def load_node_parameters(path: str | Path, node_name: str) -> list[Parameter]:
     A file without a section named ``node_name`` (or ``/node_name``) gives no parameters.
     """
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"parameter file {str(p)!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(f"parameter file {str(p)!r} is not valid YAML: {str(err).splitlines()[0]}") from err
-    if not isinstance(data, dict):
-        raise InputError(f"parameter file {str(p)!r} must map node names to ros__parameters")
+    data = read_yaml_mapping(p, "parameter", expected="map node names to ros__parameters")
     key = next((k for k in (node_name, "/" + node_name) if k in data), None)
     if key is None:
         return []

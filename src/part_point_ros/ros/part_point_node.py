@@ -64,7 +64,13 @@ from part_point_ros.errors import CheckpointError, InputError, PartPointError
 from part_point_ros.grounding.inputs import check_query
 from part_point_ros.grounding.result import PointResult, draw_overlay
 from part_point_ros.msg import PartPoint, PartPointArray
-from part_point_ros.ros.camera_buffer import CameraBuffer, grasp_lifter, static_extrinsics, tf_listener
+from part_point_ros.ros.camera_buffer import (
+    CameraBuffer,
+    grasp_lifter,
+    static_extrinsics,
+    tf_listener,
+    warn_on_drop,
+)
 from part_point_ros.ros.conversions import image_to_numpy, numpy_to_image, point_msg, vector_msg
 from part_point_ros.ros.params import PART_POINT_PARAMS, check_changes, declare
 from part_point_ros.ros.qos import QOS_OVERRIDES, latched_qos, results_qos, sensor_qos
@@ -73,7 +79,6 @@ from part_point_ros.srv import PointPart
 
 NODE_NAME = "part_point_node"
 COLOUR_ENCODINGS = ("rgb8", "bgr8")
-LOG_THROTTLE_S = 2.0
 
 _CONFIGURE_TIME = {s.name for s in PART_POINT_PARAMS if s.configure_time}
 # Publishers and subscriptions made and destroyed in lifecycle transitions get no QoS event handlers:
@@ -214,7 +219,7 @@ class PartPointNode(LifecycleNode):
             self._extrinsics_sub = self.create_subscription(
                 TransformStamped,
                 self._p("extrinsics_topic"),
-                self._on_extrinsics,
+                warn_on_drop(self.camera.add_extrinsics, self.get_logger()),
                 latched_qos(),
                 event_callbacks=_NO_SUB_EVENTS,
             )
@@ -243,7 +248,9 @@ class PartPointNode(LifecycleNode):
 
         self._subs = [
             camera_subscription(Image, "image_topic", self.camera.add_color),
-            camera_subscription(CameraInfo, "camera_info_topic", self._on_camera_info),
+            camera_subscription(
+                CameraInfo, "camera_info_topic", warn_on_drop(self.camera.add_camera_info, self.get_logger())
+            ),
             camera_subscription(Image, "depth_topic", self.camera.add_depth),
             self.create_subscription(
                 String,
@@ -358,16 +365,6 @@ class PartPointNode(LifecycleNode):
             torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ inputs
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        dropped = self.camera.add_camera_info(msg)
-        if dropped:
-            self.get_logger().warning(dropped, throttle_duration_sec=LOG_THROTTLE_S)
-
-    def _on_extrinsics(self, msg: TransformStamped) -> None:
-        dropped = self.camera.add_extrinsics(msg)
-        if dropped:
-            self.get_logger().warning(dropped, throttle_duration_sec=LOG_THROTTLE_S)
-
     def _on_command(self, msg: String) -> None:
         try:
             self._enqueue(self._make_job(msg.data, None, "", with_future=False))

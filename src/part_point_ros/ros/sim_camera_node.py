@@ -42,6 +42,7 @@ from part_point_ros.ros.conversions import camera_info_from_camera, numpy_to_ima
 from part_point_ros.ros.params import SIM_CAMERA_PARAMS, check_changes, declare
 from part_point_ros.ros.qos import latched_qos, sensor_qos
 from part_point_ros.ros.spin import run_node
+from part_point_ros.sim.records import floats, object_records, part_records, query_records, select
 
 try:  # tf2_ros comes with a system ROS install; the PyPI wheels do not have it
     import tf2_ros
@@ -51,51 +52,34 @@ except ImportError:
 NODE_NAME = "sim_camera_node"
 
 
+GROUND_TRUTH_FIELDS = {
+    "objects": ("id", "type", "colour", "part_ids"),
+    "parts": ("id", "object_id", "object", "part", "pixels", "point_2d", "point_3d"),
+    "queries": ("text", "kind", "object", "part", "part_ids", "ambiguous"),
+}
+
+
 def scene_ground_truth(scene: Any, *, optical_frame: str, base_frame: str) -> dict[str, Any]:
     """JSON-ready ground truth of a rendered ``sim.Scene``: what the demo and the tests compare to."""
-    parts = {p.part_id: p for p in scene.parts}
+    parts = {p["id"]: p for p in part_records(scene)}
 
-    def points(part_ids, attr):
-        out = []
-        for pid in part_ids:
-            value = getattr(parts[pid], attr)
-            if value is not None:
-                out.append([float(x) for x in value])
-        return out
+    def points(part_ids: list[int], key: str) -> list[list[float]]:
+        return [[float(x) for x in parts[i][key]] for i in part_ids if parts[i][key] is not None]
 
     return {
         "seed": int(scene.seed),
         "frames": {"camera": optical_frame, "world": base_frame},
         "intrinsics": scene.intrinsics.to_dict(),
-        "camera_pose": np.asarray(scene.camera_pose, dtype=float).tolist(),  # optical -> base, 4x4
-        "objects": [
-            {"id": o.object_id, "type": o.object_type, "colour": o.colour, "part_ids": list(o.part_ids)}
-            for o in scene.objects
-        ],
-        "parts": [
-            {
-                "id": p.part_id,
-                "object_id": p.object_id,
-                "object": p.object_type,
-                "part": p.part,
-                "pixels": p.pixel_count,
-                "point_2d": None if p.point_2d is None else [int(c) for c in p.point_2d],
-                "point_3d": None if p.point_3d is None else [float(c) for c in p.point_3d],
-            }
-            for p in scene.parts
-        ],
+        "camera_pose": floats(scene.camera_pose),  # optical -> base, 4x4
+        "objects": select(object_records(scene), GROUND_TRUTH_FIELDS["objects"]),
+        "parts": select(parts.values(), GROUND_TRUTH_FIELDS["parts"]),
         "queries": [
             {
-                "text": q.text,
-                "kind": q.kind,
-                "object": q.object_type,
-                "part": q.part,
-                "part_ids": list(q.part_ids),
-                "ambiguous": q.ambiguous,
-                "points_2d": points(q.part_ids, "point_2d"),
-                "points_3d": points(q.part_ids, "point_3d"),
+                **q,
+                "points_2d": points(q["part_ids"], "point_2d"),
+                "points_3d": points(q["part_ids"], "point_3d"),
             }
-            for q in scene.queries
+            for q in select(query_records(scene), GROUND_TRUTH_FIELDS["queries"])
         ],
     }
 

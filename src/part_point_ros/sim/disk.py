@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from part_point_ros.sim.records import floats, object_records, part_records, query_records
 from part_point_ros.sim.scene import Scene
 
 FORMAT_NAME = "part_point_ros.synthetic"
@@ -34,14 +35,11 @@ FILES = {
 }
 CAMERA_FRAME = "camera_color_optical_frame"
 WORLD_FRAME = "base_link"
+DECIMALS = 6  # numbers in meta.json: micrometres / micro-radians
 
 
 def scene_dir_name(seed: int) -> str:
     return f"scene_{seed:06d}"
-
-
-def _floats(a: np.ndarray | None) -> list | None:
-    return None if a is None else np.asarray(a, dtype=np.float64).round(6).tolist()
 
 
 def scene_meta(scene: Scene, *, split: str) -> dict[str, Any]:
@@ -55,45 +53,11 @@ def scene_meta(scene: Scene, *, split: str) -> dict[str, Any]:
         "frames": {"camera": CAMERA_FRAME, "world": WORLD_FRAME},
         "depth": {"png_unit_m": 0.001, "png_invalid": 0, "npy_invalid": "NaN", "kind": "z-depth"},
         "intrinsics": scene.intrinsics.to_dict(),
-        "camera_pose": _floats(scene.camera_pose),
-        "light_dir": _floats(scene.light_dir),
-        "objects": [
-            {
-                "id": o.object_id,
-                "type": o.object_type,
-                "colour": o.colour,
-                "pose": _floats(o.pose),
-                "part_ids": list(o.part_ids),
-            }
-            for o in scene.objects
-        ],
-        "parts": [
-            {
-                "id": p.part_id,
-                "object_id": p.object_id,
-                "object": p.object_type,
-                "part": p.part,
-                "colour": p.colour,
-                "pixels": p.pixel_count,
-                "point_2d": None if p.point_2d is None else list(p.point_2d),
-                "point_3d_camera": _floats(p.point_3d_camera),
-                "point_3d": _floats(p.point_3d),
-            }
-            for p in scene.parts
-        ],
-        "queries": [
-            {
-                "text": q.text,
-                "kind": q.kind,
-                "object": q.object_type,
-                "part": q.part,
-                "part_ids": list(q.part_ids),
-                "object_ids": list(q.object_ids),
-                "colour": q.colour,
-                "ambiguous": q.ambiguous,
-            }
-            for q in scene.queries
-        ],
+        "camera_pose": floats(scene.camera_pose, decimals=DECIMALS),
+        "light_dir": floats(scene.light_dir, decimals=DECIMALS),
+        "objects": object_records(scene, decimals=DECIMALS),
+        "parts": part_records(scene, decimals=DECIMALS),
+        "queries": query_records(scene),
     }
 
 
