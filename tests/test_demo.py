@@ -294,3 +294,17 @@ def test_demo_without_rclpy_says_how_to_set_up_in_one_line():
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("part-point: error: the demo needs ROS 2")
     assert err[0].endswith("run scripts/demo.sh or . scripts/env.sh first") and "Traceback" not in proc.stderr
+
+
+def test_untrained_models_load_together_and_say_so(tmp_path):
+    """--untrained builds a real tiny backbone and a head made for it (PartPointer accepts the pair)."""
+    import numpy as np
+
+    from part_point_ros.grounding import PartPointer
+    from part_point_ros.ros.demo import UNTRAINED_BANNER, build_untrained_models
+
+    backbone, head = build_untrained_models(tmp_path)
+    pointer = PartPointer.from_pretrained(backbone=backbone, head=head, method="a2p")
+    result = pointer.point(np.full((60, 80, 3), 128, np.uint8), "the handle of the mug")
+    assert 0 <= result.x <= 80 and 0 <= result.y <= 60
+    assert "NOT meaningful" in UNTRAINED_BANNER

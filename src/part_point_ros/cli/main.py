@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--heads", help="attention: localization heads file (default: shipped for the backbone)"
     )
+    demo.add_argument(
+        "--untrained",
+        action="store_true",
+        default=None,
+        help="run with a tiny UNTRAINED backbone and head built on the fly (checks the plumbing only)",
+    )
     demo.add_argument("--timeout", type=float, help="longest wait for one step, seconds (default 60)")
     demo.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID (default: a private one, 101..200)")
 

@@ -72,6 +72,36 @@ _HOW_TO_GET = {
 }
 
 
+UNTRAINED_BANNER = (
+    "UNTRAINED models (--untrained): a tiny LLaVA and an A2P head with random weights, built now. The "
+    "points are NOT meaningful; this run exercises the ROS graph, the 3D lifting and the ground-truth "
+    "measurements. The trained synthetic-world models are not shipped yet (README, status)."
+)
+
+
+def build_untrained_models(root: Path) -> tuple[str, str]:
+    """A tiny random LLaVA (real transformers classes) and a random A2P head for it, under ``root``."""
+    from part_point_ros.backbones.registry import load_backbone
+    from part_point_ros.backbones.tiny import build_tiny_llava
+    from part_point_ros.heads import HeadConfig, PartPointHead
+
+    backbone = build_tiny_llava(root / "backbone", seed=0)
+    info = load_backbone(str(backbone)).info
+    config = HeadConfig(
+        backbone=dict(vars(info)),
+        heads=[[info.num_layers - 1, h] for h in range(info.num_heads)],
+        d_head=info.head_dim,
+        d_fused=32,
+        n_blocks=1,
+        norm_groups=8,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    PartPointHead(config).save_pretrained(root / "head")
+    return str(backbone), str(root / "head")
+
+
 class DemoError(PartPointError):
     """The demo could not run (setup failure, a node that does not answer, camera/GT drift)."""
 
@@ -91,6 +121,7 @@ class DemoOptions:
     domain_id: int | None = None  # None = a private one from the process id
     params_file: Path | None = None  # node parameters to start from (default config/part_point.yaml)
     verbose: bool = False
+    untrained: bool = False  # a tiny UNTRAINED backbone + head built on the fly: plumbing, not accuracy
     extra_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> name -> value
 
     def __post_init__(self) -> None:
@@ -620,9 +651,13 @@ def run_demo(options: DemoOptions, *, stdout: TextIO | None = None) -> dict[str,
     def say(line: str) -> None:
         print(line, file=stdout, flush=True)
 
-    head = resolve_model(options.head, flag="--head") if options.method == "a2p" else ""
-    backbone = resolve_model(options.backbone, flag="--backbone")
     out = options.out
+    if options.untrained:
+        say(UNTRAINED_BANNER)
+        backbone, head = build_untrained_models(out / "untrained")
+    else:  # say what is missing before anything is written
+        head = resolve_model(options.head, flag="--head") if options.method == "a2p" else ""
+        backbone = resolve_model(options.backbone, flag="--backbone")
     out.mkdir(parents=True, exist_ok=True)
     for old in [*out.glob("seed*_q*_overlay.png"), *out.glob("seed*_q*_heatmap.png")]:
         old.unlink()  # outputs of an earlier run
@@ -653,6 +688,7 @@ def run_demo(options: DemoOptions, *, stdout: TextIO | None = None) -> dict[str,
     summary = {
         "seeds": list(options.seeds),
         "method": options.method,
+        "untrained": options.untrained,
         "backbone": backbone,
         "head": head,
         "ros": {"domain_id": domain, "discovery": "localhost"},
@@ -712,7 +748,18 @@ def options_from_args(args: Any) -> DemoOptions:
     from part_point_ros.sim.generate import parse_seeds
 
     given: dict[str, Any] = {}
-    for name in ("out", "queries_per_scene", "backbone", "head", "method", "heads", "timeout", "domain_id"):
+    names = (
+        "out",
+        "queries_per_scene",
+        "backbone",
+        "head",
+        "method",
+        "heads",
+        "timeout",
+        "domain_id",
+        "untrained",
+    )
+    for name in names:
         value = getattr(args, name, None)
         if value is not None:
             given[name] = value
