@@ -129,11 +129,23 @@ def build_tiny_llava(
     image_size: int = 56,
     patch_size: int = 14,
     vocab_words: Sequence[str] | None = None,
+    intermediate_size: int | None = None,
+    vision_hidden_size: int = 32,
+    vision_layers: int = 2,
+    vision_heads: int = 2,
+    vision_feature_layer: int = -2,
+    pad_to_square: bool = False,
+    init_std: float | None = 0.2,
 ) -> Path:
     """Write a tiny LLaVA-1.5 (CLIP vision tower + Llama with GQA) to ``out_dir``; return it.
 
     The image processor is CLIP's (shortest edge -> ``image_size``, centre crop ``image_size``),
     so the grid has ``(image_size // patch_size) ** 2`` image tokens (CLS dropped, as LLaVA-1.5).
+    ``pad_to_square`` uses LLaVA's processor with ``do_pad`` instead, which pads the image to a
+    square first so the whole image stays visible (the crop is then a no-op).
+    ``init_std=None`` keeps transformers' own initialisation (for training from scratch) instead of
+    the wide random spread that makes an untrained model's attention non-uniform.
+    ``intermediate_size`` defaults to twice the hidden size.
     """
     from transformers import (
         CLIPImageProcessorPil,
@@ -141,6 +153,7 @@ def build_tiny_llava(
         LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
+        LlavaImageProcessorPil,
         LlavaProcessor,
     )
 
@@ -150,7 +163,7 @@ def build_tiny_llava(
     text_config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
+        intermediate_size=intermediate_size or 2 * hidden,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
@@ -161,13 +174,13 @@ def build_tiny_llava(
         pad_token_id=tokenizer.pad_token_id,
     )
     vision_config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        hidden_size=vision_hidden_size,
+        intermediate_size=2 * vision_hidden_size,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
         image_size=image_size,
         patch_size=patch_size,
-        projection_dim=32,
+        projection_dim=vision_hidden_size,
     )
     config = LlavaConfig(
         vision_config=vision_config,
@@ -175,17 +188,20 @@ def build_tiny_llava(
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=(image_size // patch_size) ** 2,
         vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
+        vision_feature_layer=vision_feature_layer,
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
-    _init_weights(model, seed)
+    if init_std is not None:
+        _init_weights(model, seed, std=init_std)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)
 
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    processor_class = LlavaImageProcessorPil if pad_to_square else CLIPImageProcessorPil
+    pad = {"do_pad": True} if pad_to_square else {}
+    image_processor = processor_class(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, **pad
     )
     processor = LlavaProcessor(
         image_processor=image_processor,

@@ -1,0 +1,546 @@
+#!/usr/bin/env python
+"""Train the tiny-tabletop backbone: a real LlavaForConditionalGeneration trained from scratch on
+one-word VQA about the synthetic tabletop world (``sim/vqa.py``), then shipped in fp16.
+
+The model never sees a point or a mask: the loss is on the answer word (and the end-of-sequence
+token) only, so any location it carries is implicit, in its attention.
+
+Stages (each resumable; everything is deterministic in ``--seed``):
+1. ``cache``: render the scenes of each split once (160x120 by default) into ``--cache`` shards.
+2. ``train``: several questions about one image share ONE sequence: the image prefix is followed by
+   one segment per question; a block mask lets each segment see the prefix and itself only, and
+   each segment's positions restart right after the image, so every segment is computed exactly as
+   the single-question prompt ``USER: <image>\\n{question} ASSISTANT:`` the adapters use.
+3. ``ship``: save fp16 with ``save_pretrained`` (model, processor, tokenizer, chat template).
+4. ``evaluate``: held-out accuracy per question kind against blind baselines, and the localisation
+   of the last token's attention on the asked part, read through ``registry.load_backbone``.
+
+    python scripts/train_tiny_tabletop.py   # the defaults are the shipped run's settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from part_point_ros.sim.vqa import (  # noqa: E402
+    SPLIT_SEEDS,
+    SceneFacts,
+    VqaItem,
+    answer_vocabulary,
+    make_questions,
+    vocabulary,
+)
+
+MODEL_CONFIG = dict(
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=32,
+    intermediate_size=384,
+    image_size=112,
+    patch_size=8,
+    vision_hidden_size=128,
+    vision_layers=3,
+    vision_heads=4,
+    vision_feature_layer=-1,
+    pad_to_square=True,
+    init_std=None,
+)
+SHARD = 250
+# loss weight per question kind: the whole-image question opens the image pathway early
+KIND_WEIGHTS = {"biggest_colour": 4}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----- 1. scene cache ---------------------------------------------------------------------------
+
+
+def shard_path(cache: Path, split: str, start: int) -> Path:
+    return cache / split / f"shard_{start:06d}.npz"
+
+
+def build_cache(cache: Path, split: str, n: int, width: int, height: int) -> None:
+    """Render seeds ``lo .. lo+n`` of ``split`` in shards of SHARD scenes; existing shards are kept."""
+    from part_point_ros.sim import render_scene
+
+    lo, hi = SPLIT_SEEDS[split]
+    if lo + n > hi:
+        raise SystemExit(f"--{split} {n} scenes exceed the {split} seed range {lo}:{hi}")
+    (cache / split).mkdir(parents=True, exist_ok=True)
+    for start in range(lo, lo + n, SHARD):
+        path = shard_path(cache, split, start)
+        if path.exists():
+            continue
+        seeds = range(start, min(start + SHARD, lo + n))
+        rgb, part_ids, facts = [], [], []
+        for seed in seeds:
+            scene = render_scene(seed, width=width, height=height)
+            rgb.append(scene.rgb)
+            part_ids.append(scene.part_ids)
+            facts.append(SceneFacts.from_scene(scene).to_dict())
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(
+            tmp,
+            rgb=np.stack(rgb),  # (N, H, W, 3) uint8
+            part_ids=np.stack(part_ids),  # (N, H, W) uint16
+            facts=np.array(json.dumps(facts)),
+        )
+        tmp.rename(path)
+        log(f"cache {split}: scenes {seeds.start}..{seeds.stop - 1} -> {path.name}")
+
+
+def load_cache(cache: Path, split: str, n: int) -> tuple[np.ndarray, np.ndarray, list[SceneFacts]]:
+    lo = SPLIT_SEEDS[split][0]
+    rgb, part_ids, facts = [], [], []
+    for start in range(lo, lo + n, SHARD):
+        with np.load(shard_path(cache, split, start), allow_pickle=False) as z:
+            rgb.append(z["rgb"])
+            part_ids.append(z["part_ids"])
+            facts += [SceneFacts.from_dict(d) for d in json.loads(str(z["facts"]))]
+    rgb_all, ids_all = np.concatenate(rgb)[:n], np.concatenate(part_ids)[:n]
+    return rgb_all, ids_all, facts[:n]
+
+
+# ----- 2. model and packed sequences ------------------------------------------------------------
+
+
+def build_initial(out: Path, seed: int) -> Path:
+    from part_point_ros.backbones.tiny import build_tiny_llava
+
+    return build_tiny_llava(out, seed=seed, vocab_words=vocabulary(), **MODEL_CONFIG)
+
+
+class Packer:
+    """Token ids of the image prefix and of one question segment, as the LLaVA prompt tokenizes."""
+
+    def __init__(self, processor) -> None:
+        self.tok = processor.tokenizer
+        self.n_image = int(processor.num_image_tokens) if hasattr(processor, "num_image_tokens") else None
+        self.image_token = processor.image_token
+        self.eos = int(self.tok.eos_token_id)
+        self._segments: dict[str, list[int]] = {}
+        self._words: dict[str, int] = {}
+
+    def prefix(self, n_image: int) -> list[int]:
+        return self.tok("USER: " + self.image_token * n_image, add_special_tokens=False)["input_ids"]
+
+    def segment(self, question: str) -> list[int]:
+        if question not in self._segments:
+            ids = self.tok(f"\n{question} ASSISTANT:", add_special_tokens=False)["input_ids"]
+            if self.tok.unk_token_id in ids:
+                raise ValueError(f"question {question!r} has words the tokenizer does not know")
+            self._segments[question] = ids
+        return self._segments[question]
+
+    def word(self, answer: str) -> int:
+        if answer not in self._words:
+            ids = self.tok(answer, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1 or ids[0] == self.tok.unk_token_id:
+                raise ValueError(f"answer {answer!r} is not one known word: {ids}")
+            self._words[answer] = ids[0]
+        return self._words[answer]
+
+
+def pack(packer: Packer, prefix: list[int], questions: list[list[VqaItem]]) -> dict[str, torch.Tensor]:
+    """One row per image: prefix + segments (question, answer, eos). Returns ids, 4D mask, positions,
+    and (row, position, target) triples for the loss: the last prompt token predicts the answer
+    word, the answer word predicts eos."""
+    n = len(prefix)
+    rows, segs, poss, targets = [], [], [], []
+    for b, items in enumerate(questions):
+        ids, seg, pos = list(prefix), [0] * n, list(range(n))
+        for s, item in enumerate(items, start=1):
+            q = packer.segment(item.question)
+            a = packer.word(item.answer)
+            boost = int(KIND_WEIGHTS.get(item.kind, 1))
+            targets.append((b, len(ids) + len(q) - 1, a, s, boost))
+            targets.append((b, len(ids) + len(q), packer.eos, s, 1))
+            ids += q + [a]
+            seg += [s] * (len(q) + 1)
+            pos += range(n, n + len(q) + 1)  # every segment restarts right after the image prefix
+        rows.append(ids)
+        segs.append(seg)
+        poss.append(pos)
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), int(packer.tok.pad_token_id), dtype=torch.long)
+    segment = torch.full((len(rows), length), -1, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+    for b, (r, s, p) in enumerate(zip(rows, segs, poss, strict=True)):
+        input_ids[b, : len(r)] = torch.tensor(r)
+        segment[b, : len(s)] = torch.tensor(s)
+        position_ids[b, : len(p)] = torch.tensor(p)
+    idx = torch.arange(length)
+    causal = idx[None, :] <= idx[:, None]  # (S, S)
+    same = segment[:, :, None] == segment[:, None, :]  # (B, S, S)
+    to_prefix = (segment == 0)[:, None, :]  # (B, 1, S)
+    allowed = causal[None] & (same | to_prefix) & (segment >= 0)[:, None, :]
+    allowed |= torch.eye(length, dtype=torch.bool)[None]  # padding rows see themselves (no NaN)
+    mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(
+        ~allowed, torch.finfo(torch.float32).min
+    )
+    t = torch.tensor(targets, dtype=torch.long)  # (T, 5): row, position, target id, segment, weight
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask[:, None],  # (B, S, S) -> (B, 1, S, S)
+        "position_ids": position_ids,
+        "targets": t,
+    }
+
+
+def forward_logits(model, pixel_values: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(T, V) logits at the target positions of a packed batch."""
+    out = model.model(
+        input_ids=batch["input_ids"],
+        pixel_values=pixel_values,
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+    )
+    t = batch["targets"]
+    hidden = out.last_hidden_state[t[:, 0], t[:, 1]]  # (B, S, D) -> (T, D)
+    return model.lm_head(hidden)
+
+
+def pixel_tensor(processor, rgb: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, S, S) float16, through the shipped image processor."""
+    from PIL import Image
+
+    out = []
+    for i in range(0, len(rgb), 64):
+        images = [Image.fromarray(x) for x in rgb[i : i + 64]]
+        out.append(processor.image_processor(images=images, return_tensors="pt")["pixel_values"].half())
+    return torch.cat(out)
+
+
+def pick_questions(items: list[VqaItem], rng: np.random.Generator, others: int) -> list[VqaItem]:
+    """All colour questions of the image (part, object, "anything red") plus ``others`` of the
+    rest (existence, counting, side), in random order."""
+    colour = [q for q in items if "colour" in q.kind]
+    rest = [q for q in items if q not in colour]
+    chosen = colour + [rest[i] for i in rng.choice(len(rest), size=min(others, len(rest)), replace=False)]
+    return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+# ----- evaluation --------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def vqa_accuracy(model, packer, prefix, pixels, facts, answer_ids, batch_images=8) -> dict:
+    """Greedy one-word answers (argmax over the answer words) for every question of every scene."""
+    model.eval()
+    per_kind, per_pair = defaultdict(list), defaultdict(list)
+    records = []
+    for i in range(0, len(facts), batch_images):
+        qs = [make_questions(f) for f in facts[i : i + batch_images]]
+        batch = pack(packer, prefix, qs)
+        logits = forward_logits(model, pixels[i : i + batch_images].float(), batch)
+        answer_rows = logits[0::2][:, answer_ids]  # even targets are the answer words
+        pred = [answer_ids[j] for j in answer_rows.argmax(-1).tolist()]
+        flat = [q for row in qs for q in row]
+        for q, p in zip(flat, pred, strict=True):
+            ok = p == packer.word(q.answer)
+            per_kind[q.kind].append(ok)
+            if q.kind == "part_colour":
+                per_pair[f"{q.object_type}:{q.part}"].append(ok)
+            records.append((q, ok))
+    model.train()
+    return {
+        "per_kind": {k: float(np.mean(v)) for k, v in per_kind.items()},
+        "n_per_kind": {k: len(v) for k, v in per_kind.items()},
+        "per_pair": {k: float(np.mean(v)) for k, v in sorted(per_pair.items())},
+        "overall": float(np.mean([ok for _, ok in records])),
+    }
+
+
+def blind_baselines(train_facts: list[SceneFacts], eval_facts: list[SceneFacts]) -> dict:
+    """Accuracy of answering without the image: majority answer per kind, and per question text."""
+    by_kind, by_text = defaultdict(Counter), defaultdict(Counter)
+    for f in train_facts:
+        for q in make_questions(f):
+            by_kind[q.kind][q.answer] += 1
+            by_text[q.question][q.answer] += 1
+    kind_hits, text_hits = defaultdict(list), defaultdict(list)
+    for f in eval_facts:
+        for q in make_questions(f):
+            kind_hits[q.kind].append(by_kind[q.kind].most_common(1)[0][0] == q.answer)
+            guess = by_text[q.question].most_common(1)[0][0] if by_text[q.question] else None
+            text_hits[q.kind].append(guess == q.answer)
+    return {
+        "majority_per_kind": {k: float(np.mean(v)) for k, v in kind_hits.items()},
+        "majority_per_question": {k: float(np.mean(v)) for k, v in text_hits.items()},
+    }
+
+
+# ----- 3. training loop ---------------------------------------------------------------------------
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
+
+
+def train(args) -> None:
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    init_dir = run / "init"
+    if not (init_dir / "config.json").exists():
+        build_initial(init_dir, args.seed)
+    model = LlavaForConditionalGeneration.from_pretrained(init_dir, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(init_dir)
+    n_image = model.config.image_seq_length
+    packer = Packer(processor)
+    prefix = packer.prefix(n_image)
+    check_packing(processor, packer, prefix)
+    answer_ids = sorted({packer.word(a) for a in answer_vocabulary()})
+
+    log("loading the scene cache")
+    rgb, _, train_facts = load_cache(Path(args.cache), "train", args.train)
+    val_rgb, _, val_facts = load_cache(Path(args.cache), "val", args.val)
+    pixels = pixel_tensor(processor, rgb)
+    val_pixels = pixel_tensor(processor, val_rgb)
+    questions = [make_questions(f) for f in train_facts]
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"{len(train_facts)} scenes, {sum(map(len, questions))} questions, {n_params / 1e6:.2f} M params")
+
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    step = 0
+    state_path = run / "state.pt"
+    if state_path.exists():
+        model.load_state_dict(load_file(run / "model.safetensors"))
+        state = torch.load(state_path, weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        log(f"resumed at step {step}")
+    model.train()
+    history_path = run / "history.jsonl"
+    t0, losses = time.time(), []
+    while step < args.steps:
+        rng = np.random.default_rng([args.seed, step])  # the batch of a step depends on the step only
+        idx = rng.choice(len(train_facts), size=args.batch, replace=False)
+        qs = [pick_questions(questions[i], rng, args.others) for i in idx]
+        batch = pack(packer, prefix, qs)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        logits = forward_logits(model, pixels[idx].float(), batch)
+        weight = batch["targets"][:, 4].float()
+        loss = (
+            torch.nn.functional.cross_entropy(logits, batch["targets"][:, 2], reduction="none") * weight
+        ).sum()
+        loss = loss / weight.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        if step % args.log_every == 0:
+            rate = args.log_every / (time.time() - t0)
+            log(
+                f"step {step} loss {np.mean(losses):.4f} lr {opt.param_groups[0]['lr']:.2e} {rate:.2f} step/s"
+            )
+            t0, losses = time.time(), []
+        if step % args.eval_every == 0 or step == args.steps:
+            acc = vqa_accuracy(model, packer, prefix, val_pixels, val_facts, answer_ids)
+            log(f"step {step} val " + " ".join(f"{k} {v:.3f}" for k, v in sorted(acc["per_kind"].items())))
+            with open(history_path, "a") as fh:
+                fh.write(json.dumps({"step": step, "val": acc["per_kind"], "overall": acc["overall"]}) + "\n")
+        if step % args.save_every == 0 or step == args.steps:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run / "model.safetensors")
+            torch.save({"optimizer": opt.state_dict(), "step": step}, run / "state.tmp.pt")
+            (run / "state.tmp.pt").rename(state_path)
+            log(f"checkpoint at step {step}")
+
+
+def check_packing(processor, packer: Packer, prefix: list[int]) -> None:
+    """The packed ids must be exactly what the processor makes of the adapter's prompt."""
+    question = "what colour is the handle of the mug?"
+    prompt = f"USER: <image>\n{question} ASSISTANT:"
+    image = np.zeros((120, 160, 3), dtype=np.uint8)
+    from PIL import Image
+
+    ids = processor(images=[Image.fromarray(image)], text=[prompt], return_tensors="pt")["input_ids"][
+        0
+    ].tolist()
+    mine = prefix + packer.segment(question)
+    if ids != mine:
+        raise SystemExit(f"packing does not match the processor:\n{ids}\n{mine}")
+
+
+# ----- 4. ship and evaluate ---------------------------------------------------------------------
+
+
+def ship(args) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    run = Path(args.run)
+    model = LlavaForConditionalGeneration.from_pretrained(run / "init", dtype=torch.float32)
+    model.load_state_dict(load_file(run / "model.safetensors"))
+    model = model.half().eval()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    AutoProcessor.from_pretrained(run / "init").save_pretrained(out)
+    size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
+    log(f"shipped {out} ({size:.2f} MB, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params)")
+
+
+def attention_localisation(model_dir: str, rgb, part_ids, facts, max_questions: int) -> dict:
+    """Where the last input token looks when a part-colour question is asked, per (layer, head).
+
+    Per question and head: the attention over the image tokens (renormalised to sum to 1), the
+    share of it inside the asked part (each patch weighted by the fraction the part covers) and
+    inside the whole object, against the part's and the object's share of the image tokens (what
+    uniform attention would give); whether the argmax patch touches the part. Plus the
+    attention-pointing baseline of the method: the 3 best heads (ranked on the even questions by
+    argmax hits), each Gaussian-smoothed (7x7, sigma 1), summed, argmax, scored on the odd ones.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    from part_point_ros.backbones.registry import load_backbone
+    from part_point_ros.types import HeadRef
+
+    adapter = load_backbone(model_dir, dtype="float32")
+    info = adapter.info
+    heads = [HeadRef(layer, h) for layer in range(info.num_layers) for h in range(info.num_heads)]
+    maps, part_cover, object_cover, image_share = [], [], [], []
+    for i, f in enumerate(facts):
+        objects = {o.object_id: o for o in f.objects}
+        parts = {p.part_id: p for p in f.parts}
+        for q in make_questions(f):
+            if q.kind != "part_colour" or len(maps) >= max_questions:
+                continue
+            cap = adapter.capture(rgb[i], q.question, heads, truncate=False)
+            att = cap.last_token_attention()  # (k, P)
+            image_share.append(att.sum(-1).numpy())
+            maps.append((att / att.sum(-1, keepdim=True)).numpy())
+            own = objects[parts[q.part_ids[0]].object_id].part_ids
+            part_cover.append(cap.grid.resample_mask(np.isin(part_ids[i], q.part_ids)).reshape(-1))  # (P,)
+            object_cover.append(cap.grid.resample_mask(np.isin(part_ids[i], own)).reshape(-1))  # (P,)
+    grid = cap.grid
+    att_a = np.stack(maps)  # (Q, k, P)
+    part_a, obj_a = np.stack(part_cover), np.stack(object_cover)  # (Q, P)
+    mass = np.einsum("qkp,qp->qk", att_a, part_a)
+    mass_obj = np.einsum("qkp,qp->qk", att_a, obj_a)
+    touched = part_a > 0  # (Q, P)
+    hit = np.take_along_axis(touched, att_a.argmax(-1), axis=1)  # (Q, k)
+    share, share_obj = part_a.mean(-1), obj_a.mean(-1)  # (Q,)
+    heads_out = [
+        {
+            "head": str(ref),
+            "image_attention": float(np.mean(image_share, axis=0)[j]),
+            "mass_in_part": float(mass[:, j].mean()),
+            "lift_part": float(mass[:, j].mean() / share.mean()),
+            "mass_in_object": float(mass_obj[:, j].mean()),
+            "lift_object": float(mass_obj[:, j].mean() / share_obj.mean()),
+            "argmax_hit": float(hit[:, j].mean()),
+        }
+        for j, ref in enumerate(heads)
+    ]
+    even, odd = np.arange(0, len(att_a), 2), np.arange(1, len(att_a), 2)
+    top = np.argsort(-hit[even].mean(0))[:3]
+    smooth = gaussian_filter(
+        att_a[odd][:, top].reshape(len(odd), len(top), grid.rows, grid.cols),  # (Q, k, P) -> (Q, 3, R, C)
+        sigma=(0, 0, 1, 1),
+        truncate=3.0,
+    ).sum(1)
+    peak = smooth.reshape(len(odd), -1).argmax(-1)  # (Q, R, C) -> (Q, P) -> (Q,)
+    return {
+        "questions": len(att_a),
+        "part_share_of_tokens": float(share.mean()),
+        "object_share_of_tokens": float(share_obj.mean()),
+        "argmax_hit_chance": float(touched.mean()),
+        "attention_pointing": {
+            "heads": [str(heads[j]) for j in top],
+            "hit": float(touched[odd, peak].mean()),
+            "chance": float(touched[odd].mean()),
+        },
+        "heads": sorted(heads_out, key=lambda h: -h["lift_part"]),
+    }
+
+
+def evaluate(args) -> None:
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    cache = Path(args.cache)
+    rgb, part_ids, facts = load_cache(cache, "test", args.test)
+    _, _, train_facts = load_cache(cache, "train", args.train)
+    report: dict = {"test_seeds": f"{SPLIT_SEEDS['test'][0]}:{SPLIT_SEEDS['test'][0] + args.test}"}
+    report["blind"] = blind_baselines(train_facts, facts)
+    for name, model_dir in (("trained", args.out), ("untrained", str(Path(args.run) / "init"))):
+        model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+        processor = AutoProcessor.from_pretrained(model_dir)
+        packer = Packer(processor)
+        prefix = packer.prefix(model.config.image_seq_length)
+        answer_ids = sorted({packer.word(a) for a in answer_vocabulary()})
+        pixels = pixel_tensor(processor, rgb)
+        report[f"vqa_{name}"] = vqa_accuracy(model, packer, prefix, pixels, facts, answer_ids)
+        log(f"{name}: " + json.dumps(report[f"vqa_{name}"]["per_kind"]))
+        report[f"attention_{name}"] = attention_localisation(
+            model_dir, rgb, part_ids, facts, args.attn_questions
+        )
+        log(f"{name} attention: " + json.dumps(report[f"attention_{name}"]["heads"][:4]))
+    Path(args.report).write_text(json.dumps(report, indent=2))
+    log(f"report -> {args.report}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", choices=["all", "cache", "train", "ship", "evaluate"], default="all")
+    p.add_argument("--cache", default="/tmp/tiny_tabletop/cache", help="rendered scene shards")
+    p.add_argument("--run", default="/tmp/tiny_tabletop/run", help="initial model, checkpoints, history")
+    p.add_argument("--out", default="models/tiny-tabletop-llava", help="shipped fp16 HF directory")
+    p.add_argument("--report", default="/tmp/tiny_tabletop/report.json")
+    p.add_argument("--train", type=int, default=8000, help="train scenes (seeds 0..)")
+    p.add_argument("--val", type=int, default=150, help="val scenes (seeds 100000..)")
+    p.add_argument("--test", type=int, default=250, help="test scenes (seeds 200000..)")
+    p.add_argument("--width", type=int, default=160)
+    p.add_argument("--height", type=int, default=120)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=8, help="images per step")
+    p.add_argument("--others", type=int, default=5, help="non-colour questions per image and step")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--attn-questions", type=int, default=400)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if args.stage in ("all", "cache"):
+        for split in ("val", "test", "train"):
+            build_cache(Path(args.cache), split, getattr(args, split), args.width, args.height)
+    if args.stage in ("all", "train"):
+        train(args)
+    if args.stage in ("all", "ship"):
+        ship(args)
+    if args.stage in ("all", "evaluate"):
+        evaluate(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The VQA generator of the tiny-tabletop backbone: coverage, determinism, balance, no location words."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from part_point_ros.sim.catalog import OBJECT_TYPES, PALETTE, object_part_pairs
+from part_point_ros.sim.vqa import (
+    FORBIDDEN_WORDS,
+    QUESTION_KINDS,
+    SPLIT_SEEDS,
+    ObjectFact,
+    PartFact,
+    SceneFacts,
+    answer_vocabulary,
+    make_questions,
+    scene_questions,
+    split_of,
+    vocabulary,
+)
+
+WIDTH, HEIGHT = 160, 120
+
+
+def _facts(seed: int, objects: list[tuple[str, float, str]]) -> SceneFacts:
+    """Hand-made facts: (type, centroid column, main colour) per object; every part 200 pixels."""
+    obj_facts, part_facts, pid = [], [], 1
+    palette = list(PALETTE)
+    for oid, (object_type, u, main_colour) in enumerate(objects, start=1):
+        spec = OBJECT_TYPES[object_type]
+        others = iter(c for c in palette if c != main_colour)
+        ids = []
+        for part in spec.parts:
+            colour = main_colour if part == spec.main_part else next(others)
+            part_facts.append(PartFact(pid, oid, object_type, part, colour, 200, u))
+            ids.append(pid)
+            pid += 1
+        obj_facts.append(ObjectFact(oid, object_type, main_colour, tuple(ids)))
+    return SceneFacts(seed, WIDTH, HEIGHT, tuple(obj_facts), tuple(part_facts))
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    from part_point_ros.sim import render_scene
+
+    return [render_scene(seed, width=WIDTH, height=HEIGHT) for seed in (200_000, 200_001, 200_002, 200_003)]
+
+
+def test_every_object_part_pair_gets_a_colour_question():
+    facts = _facts(3, [(t, 10.0 + 14 * i, "red") for i, t in enumerate(OBJECT_TYPES)])
+    items = make_questions(facts)
+    asked = {(q.object_type, q.part) for q in items if q.kind == "part_colour"}
+    assert asked == set(object_part_pairs()) and len(asked) == 27
+    parts = {p.part_id: p for p in facts.parts}
+    for q in items:
+        if q.kind == "part_colour":
+            (pid,) = q.part_ids
+            assert q.question == f"what colour is the {q.part} of the {q.object_type}?"
+            assert q.answer == parts[pid].colour and parts[pid].part == q.part
+
+
+def test_twins_are_named_by_colour_and_counted():
+    facts = _facts(4, [("mug", 20.0, "red"), ("mug", 140.0, "blue"), ("knife", 30.0, "green")])
+    items = make_questions(facts)
+    texts = {q.question: q.answer for q in items}
+    assert "what colour is the handle of the red mug?" in texts
+    assert "what colour is the handle of the blue mug?" in texts
+    assert "what colour is the mug?" not in texts  # ambiguous: never asked
+    assert texts["how many mugs are there?"] == "two"
+    assert texts["how many objects are there?"] == "three"
+    assert texts["which side is the knife on?"] == "left"
+    assert "which side is the mug on?" not in texts
+
+
+def test_biggest_part_and_colour_presence():
+    facts = _facts(8, [("pan", 40.0, "red"), ("knife", 120.0, "blue")])
+    parts = tuple(
+        PartFact(**{**p.__dict__, "pixel_count": 900}) if (p.object_type, p.part) == ("pan", "body") else p
+        for p in facts.parts
+    )
+    items = make_questions(SceneFacts(8, WIDTH, HEIGHT, facts.objects, parts))
+    texts = {q.question: q.answer for q in items}
+    assert texts["what colour is the biggest part?"] == "red"
+    present = {p.colour for p in parts}
+    asked = [q for q in items if q.kind == "colour_exists"]
+    assert sorted(q.answer for q in asked) == ["no", "no", "yes", "yes"]
+    for q in asked:
+        colour = q.question.removeprefix("is there anything ").removesuffix("?")
+        assert (colour in present) == (q.answer == "yes")
+    # no clear biggest part: not asked
+    assert "what colour is the biggest part?" not in {q.question for q in make_questions(facts)}
+
+
+def test_side_needs_a_clear_offset():
+    centred = make_questions(_facts(5, [("pan", WIDTH * 0.55, "red"), ("mug", WIDTH * 0.9, "blue")]))
+    sides = {q.object_type: q.answer for q in centred if q.kind == "side"}
+    assert sides == {"mug": "right"}
+
+
+def test_hidden_parts_are_not_asked():
+    facts = _facts(6, [("teapot", 50.0, "red"), ("mug", 100.0, "blue")])
+    small = tuple(
+        p if p.part != "knob" else PartFact(**{**p.__dict__, "pixel_count": 5}) for p in facts.parts
+    )
+    items = make_questions(SceneFacts(6, WIDTH, HEIGHT, facts.objects, small))
+    assert not [q for q in items if q.part == "knob"]
+    assert [q for q in items if q.part == "spout"]
+
+
+def test_deterministic_words_known_and_no_location_talk(rendered):
+    words = set(vocabulary())
+    answers = set(answer_vocabulary())
+    for scene in rendered:
+        first, again = scene_questions(scene), scene_questions(scene)
+        assert first == again and first
+        for q in first:
+            tokens = re.findall(r"\w+|[^\w\s]+", q.question)
+            assert set(tokens) <= words, q.question
+            assert q.answer in answers and " " not in q.answer
+            assert q.kind in QUESTION_KINDS
+            text = f"{q.question} {q.answer}"
+            assert not any(w in text for w in FORBIDDEN_WORDS), text
+            assert not re.search(r"\d", text), text
+
+
+def test_facts_round_trip_through_json(rendered):
+    facts = SceneFacts.from_scene(rendered[0])
+    again = SceneFacts.from_dict(json.loads(json.dumps(facts.to_dict())))
+    assert again == facts
+    assert make_questions(again) == scene_questions(rendered[0])
+    visible = {p.part_id: p.pixel_count for p in facts.parts}
+    assert visible == {p.part_id: int((rendered[0].part_ids == p.part_id).sum()) for p in rendered[0].parts}
+
+
+def test_answers_are_balanced(rendered):
+    items = [q for scene in rendered for q in scene_questions(scene)]
+    for kind in ("exists", "colour_exists"):
+        yes_no = Counter(q.answer for q in items if q.kind == kind)
+        assert yes_no["yes"] == yes_no["no"] > 0
+    colours = Counter(q.answer for q in items if q.kind == "part_colour")
+    assert max(colours.values()) <= 0.3 * sum(colours.values())
+
+
+def test_split_seed_ranges_are_disjoint():
+    spans = sorted(SPLIT_SEEDS.values())
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert split_of(0) == "train" and split_of(99_999) == "train"
+    assert split_of(100_000) == "val" and split_of(200_000) == "test"
+    with pytest.raises(ValueError, match="outside every split"):
+        split_of(-1)
