@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 
@@ -179,3 +180,17 @@ def test_weights_of_another_config_do_not_load(saved):
     other = PartPointHead(config(query_pooling="mean"))  # no Q-Synth: every qsynth.* is unexpected
     save_file(other.state_dict(), str(directory / "model.safetensors"))
     one_line_error(directory, "model.safetensors: missing qsynth.0.latents")
+
+
+def test_fp16_checkpoint_loads_as_float32(tmp_path, saved):
+    """Shipped heads are stored in fp16 (models/); they load into float32 parameters, values rounded."""
+    head, _ = saved
+    copy.deepcopy(head).half().save_pretrained(tmp_path / "fp16")
+    with safe_open(str(tmp_path / "fp16" / "model.safetensors"), framework="pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+    loaded = PartPointHead.from_pretrained(tmp_path / "fp16")
+    for name, value in loaded.state_dict().items():
+        reference = head.state_dict()[name]
+        if reference.is_floating_point():
+            assert value.dtype == torch.float32
+            assert torch.equal(value, reference.half().float()), name

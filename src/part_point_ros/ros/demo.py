@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -57,6 +57,7 @@ from part_point_ros.srv import PointPart
 
 DEFAULT_BACKBONE = "models/tiny-tabletop-llava"
 DEFAULT_HEAD = "models/tiny-tabletop-a2p"
+DEFAULT_HEADS = "models/tiny-tabletop-heads.json"  # attention: the default backbone's localization heads
 DEFAULT_SEEDS = (200000, 200001)  # held-out test seeds (docs/synthetic_world.md)
 CAMERA_RATE_HZ = 5.0  # enough for the demo, and it keeps the recording small
 PRIVATE_DOMAINS = (101, 100)  # ROS_DOMAIN_ID 101..200 (the tests use 1..100)
@@ -658,6 +659,8 @@ def run_demo(options: DemoOptions, *, stdout: TextIO | None = None) -> dict[str,
     else:  # say what is missing before anything is written
         head = resolve_model(options.head, flag="--head") if options.method == "a2p" else ""
         backbone = resolve_model(options.backbone, flag="--backbone")
+        if options.method == "attention" and not options.heads and options.backbone == DEFAULT_BACKBONE:
+            options = replace(options, heads=str(Path(backbone).parent / Path(DEFAULT_HEADS).name))
     out.mkdir(parents=True, exist_ok=True)
     for old in [*out.glob("seed*_q*_overlay.png"), *out.glob("seed*_q*_heatmap.png")]:
         old.unlink()  # outputs of an earlier run
