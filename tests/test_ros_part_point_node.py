@@ -244,7 +244,7 @@ def test_request_image_without_matching_depth_answers_the_point_without_grasp(ri
     image = numpy_to_image(render_scene(SEED, width=W, height=H).rgb, "rgb8")
     image.header.stamp, image.header.frame_id = Time(sec=5), OPTICAL  # long before every depth frame
     response = rig["client"].point(image=image)
-    assert response.success and response.point.found
+    assert not response.success and response.point.found  # require_grasp_pose (default): no pose, no success
     assert not response.has_grasp_pose and not response.point.has_3d
     assert f"no depth image within 0.05 s of the image stamp 5.000 on {CAMERA}" in response.message
     assert response.point.message.startswith("no grasp pose: no depth image within")
@@ -396,8 +396,11 @@ def test_node_without_frames_or_depth_says_so(ros, head_dir, rig):
         image = numpy_to_image(render_scene(SEED, width=W, height=H).rgb[..., ::-1].copy(), "bgr8")
         image.header.frame_id = OPTICAL
         no_depth = client.point(service=f"{quiet}/point_part", image=image)
-        assert no_depth.success and not no_depth.has_grasp_pose
+        assert not no_depth.success and not no_depth.has_grasp_pose and no_depth.point.found
         assert f"no depth image received on {quiet}/depth" in no_depth.message
+        node.set_parameters([Parameter("require_grasp_pose", value=False)])  # 2D answers are enough
+        only_2d = client.point(service=f"{quiet}/point_part", image=image)
+        assert only_2d.success and not only_2d.has_grasp_pose and only_2d.point.found
     finally:
         ros.remove(node)
 

@@ -153,6 +153,12 @@ PART_POINT_PARAMS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec("target_frame", "base_link", "frame of grasp poses when a request names none"),
     ParamSpec("stamp_tolerance", 0.05, "largest |image stamp - depth stamp|, seconds", floats=(0.0, 10.0)),
+    ParamSpec(
+        "require_grasp_pose",
+        True,
+        "/point_part: a found part without a grasp pose (no depth, no transform) answers success false; "
+        "false = success true with has_grasp_pose false (the 2D point is filled either way)",
+    ),
     ParamSpec("publish_heatmap", True, "publish the heatmap image"),
     ParamSpec("publish_overlay", True, "publish the overlay image"),
     ParamSpec("heatmap_encoding", "32FC1", "heatmap image encoding", choices=("32FC1", "mono8")),

@@ -29,8 +29,9 @@ Grasp poses (service only; ros.camera_buffer): the colour stamp picks the depth 
 geometry.GraspLifter lifts the pixel, and the optical frame goes to the target frame by static
 extrinsics (``extrinsics_file``, ``extrinsics.*``), the extrinsics topic, or tf2 when tf2_ros is
 importable. A part that is found without a usable depth frame (none yet, none at that stamp, no valid
-depth at the pixel, no transform) is answered success: true, has_grasp_pose: false, with the reason
-in ``message`` and ``point.message``: the 2D answer stays useful. Points published on points_topic
+depth at the pixel, no transform) is answered has_grasp_pose: false with the reason in ``message``
+and ``point.message`` and the 2D point filled; success is false unless ``require_grasp_pose`` is
+false (clients that only want the 2D point). Points published on points_topic
 carry the same 3D fields; depth_fusion_node lifts them again for the grasp_pose and marker topics.
 """
 
@@ -384,6 +385,8 @@ class PartPointNode(LifecycleNode):
             self.stats.last_message = outcome.message
         else:
             outcome = await job.future
+            if outcome.success and outcome.grasp_pose is None and outcome.point.found:
+                outcome.success = not self._p("require_grasp_pose")
         response.success = outcome.success
         response.message = outcome.message
         response.point = outcome.point
