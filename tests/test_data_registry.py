@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 from fixtures_data import write_instructpart, write_paco
@@ -33,10 +31,6 @@ def test_unknown_kind_and_wrong_arguments_are_one_line_errors(tmp_path):
     assert isinstance(err.value, InputError) and "\n" not in str(err.value)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("part_point_ros.data.synthetic") is None,
-    reason="synthetic loader not written yet",
-)
 def test_synthetic_is_imported_lazily_with_its_own_signature(tmp_path):
     with pytest.raises(DataError, match="load_synthetic accepts: root, split"):
         load_dataset("synthetic", folder=tmp_path)
