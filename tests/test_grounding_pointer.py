@@ -103,6 +103,10 @@ def test_text_method_random_weights_is_not_found(tiny_llava_dir, tiny_qwen_dir, 
         assert result.method == "text" and isinstance(result.text, str)
         assert result.found is False and result.score == 0.0
         assert math.isnan(result.x) and result.heatmap is None
+        # the grid of the generation's own processor call (for patch accuracy), not a second pass
+        _, grid = pointer.backbone.prepare(image, pointer.backbone.build_prompt(QUERY))
+        assert result.grid is not None and result.grid.orig_size == (image.shape[1], image.shape[0])
+        assert (result.grid.rows, result.grid.cols) == (grid.rows, grid.cols)
 
 
 def test_head_for_another_backbone_is_refused(tiny_qwen_dir, llava_head):

@@ -139,8 +139,15 @@ class BackboneAdapter(ABC):
         """One prefill; return Q/K/V of ``heads``. ``truncate`` stops after the deepest layer needed."""
 
     @abstractmethod
+    def generate_with_grid(
+        self, image: np.ndarray, instruction: str, *, max_new_tokens: int = 64
+    ) -> tuple[str, ImageGrid]:
+        """Greedy answer plus the image-token grid of the same processor call (text pointing maps the
+        coordinates a model writes in its processed frame through it: the image is processed once)."""
+
     def generate(self, image: np.ndarray, instruction: str, *, max_new_tokens: int = 64) -> str:
         """Greedy generation of an answer (used by the text-pointing baseline only)."""
+        return self.generate_with_grid(image, instruction, max_new_tokens=max_new_tokens)[0]
 
     @property
     def device(self) -> torch.device:

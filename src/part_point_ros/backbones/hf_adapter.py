@@ -202,10 +202,12 @@ class HFAdapter(BackboneAdapter):
             grid=grid,
         )
 
-    def generate(self, image: np.ndarray, instruction: str, *, max_new_tokens: int = 64) -> str:
+    def generate_with_grid(
+        self, image: np.ndarray, instruction: str, *, max_new_tokens: int = 64
+    ) -> tuple[str, ImageGrid]:
         """Greedy answer. Meaningless (but harmless) on a model loaded with ``max_layer``."""
-        inputs, _ = self.prepare(image, self.build_prompt(instruction))
+        inputs, grid = self.prepare(image, self.build_prompt(instruction))
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new_tokens = out[0, inputs["input_ids"].shape[1] :]
-        return self.processor.decode(new_tokens, skip_special_tokens=True).strip()
+        return self.processor.decode(new_tokens, skip_special_tokens=True).strip(), grid

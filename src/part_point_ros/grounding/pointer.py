@@ -292,24 +292,23 @@ class PartPointer:
     def _point_text(self, image: np.ndarray, query: str) -> PointResult:
         family = self.backbone.info.family
         prompt = text_prompt(family, query, mode=self.prompt_mode)
-        answer = self.backbone.generate(image, prompt, max_new_tokens=self.max_new_tokens)
+        answer, grid = self.backbone.generate_with_grid(image, prompt, max_new_tokens=self.max_new_tokens)
         height, width = image.shape[:2]
-        grid: ImageGrid | None = None
-        if family == "qwen2_5_vl":  # Qwen answers in pixels of the resized input: need the processor's grid
-            _, grid = self.backbone.prepare(image, self.backbone.build_prompt(prompt))
+        if family == "qwen2_5_vl":  # Qwen answers in pixels of the resized input: map through the grid
             parse = parse_answer(family, answer, processed_size=grid.processed_size)
-        else:
+            frame = grid
+        else:  # LLaVA / Molmo answers are normalised to the original image
             parse = parse_answer(family, answer)
-        frame = grid or ImageGrid(1, 1, (width, height), (width, height), (1.0, 1.0), (0.0, 0.0))
+            frame = ImageGrid(1, 1, (width, height), (width, height), (1.0, 1.0), (0.0, 0.0))
         pixels = [(x, y) for x, y in to_original_pixels(parse, frame) if 0 <= x <= width and 0 <= y <= height]
         if not pixels:
             return PointResult(
                 x=float("nan"), y=float("nan"), score=0.0, found=False, method="text", latency_ms=0.0,
-                query=query, text=answer,
+                query=query, text=answer, grid=grid,
             )  # fmt: skip
         return PointResult(
             x=pixels[0][0], y=pixels[0][1], score=1.0, found=False, method="text", latency_ms=0.0,
-            query=query, points=[(x, y, 1.0) for x, y in pixels], text=answer,
+            query=query, points=[(x, y, 1.0) for x, y in pixels], text=answer, grid=grid,
         )  # fmt: skip
 
     def describe(self) -> dict[str, Any]:

@@ -39,9 +39,7 @@ def predict_with_pointer(
     for i, sample in enumerate(samples):
         image = sample.load_image()
         result = pointer.point(image, sample.query)
-        grid = result.grid
-        if grid is None:  # text pointing: the grid of the same image under the model's processor
-            _, grid = pointer.backbone.prepare(image, pointer.backbone.build_prompt(sample.query))
+        grid = result.grid  # every method reports the grid of its own processor call
         records.append(
             score_prediction(
                 sample_id=sample.sample_id,
