@@ -426,3 +426,16 @@ def test_configure_fails_with_the_reason_when_the_head_cannot_be_loaded(ros, tmp
         assert "\n" not in node.last_error
     finally:
         ros.remove(node)
+
+
+@pytest.mark.ros
+def test_changed_lifting_parameters_apply_to_the_next_request(rig):
+    """The grasp lifter is rebuilt when its parameters change (not per request, and never stale)."""
+    node, client = rig["node"], rig["client"]
+    assert node.set_parameters([Parameter("max_depth", value=0.2)])[0].successful  # the table is farther
+    try:
+        too_far = client.point()
+        assert not too_far.has_grasp_pose and "no grasp pose" in too_far.point.message
+    finally:
+        assert node.set_parameters([Parameter("max_depth", value=10.0)])[0].successful
+    assert client.point().has_grasp_pose

@@ -104,6 +104,7 @@ class DepthFusionNode(Node):
         declare(self, DEPTH_FUSION_PARAMS)
         self._lifter = grasp_lifter(self._p)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
 
         tf_buffer, self._tf_listener = tf_listener(self, self._p("use_tf"))
         self.camera = CameraBuffer(
@@ -149,10 +150,13 @@ class DepthFusionNode(Node):
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         new = {p.name: p.value for p in params}
         try:
-            self._lifter = grasp_lifter(lambda name: new.get(name, self._p(name)))
+            grasp_lifter(lambda name: new.get(name, self._p(name)))  # validate only: nothing is set yet
         except InputError as err:
             return SetParametersResult(successful=False, reason=str(err))
         return SetParametersResult(successful=True)
+
+    def _after_set_parameters(self, params: list[Parameter]) -> None:
+        self._lifter = grasp_lifter(self._p)
 
     # ------------------------------------------------------------------ inputs
     def _on_depth(self, msg: Image) -> None:

@@ -134,6 +134,7 @@ class PartPointNode(LifecycleNode):
     def __init__(self, *, node_name: str = NODE_NAME, **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         declare(self, PART_POINT_PARAMS)
+        self._lifter = grasp_lifter(self._p)  # rebuilt when its parameters change, not per request
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
         self._wake = self.create_guard_condition(lambda: None)  # resumes awaiting service calls
@@ -176,6 +177,7 @@ class PartPointNode(LifecycleNode):
         return SetParametersResult(successful=not reason, reason=reason)
 
     def _after_set_parameters(self, params: list[Parameter]) -> None:
+        self._lifter = grasp_lifter(self._p)  # validated in _on_set_parameters
         if self._pointer is not None and any(p.name == "score_threshold" for p in params):
             self._pointer.threshold = self._threshold(self._pointer.method)
 
@@ -538,8 +540,8 @@ class PartPointNode(LifecycleNode):
 
     def _grasp(self, job: _Job, u: float, v: float) -> tuple[np.ndarray, np.ndarray, PoseStamped] | str:
         """(point, normal) in the optical frame and the grasp pose in the target frame, or why not."""
-        lifter, tolerance = grasp_lifter(self._p), self._p("stamp_tolerance")
-        return self.camera.lift(job.header, u, v, job.target_frame, lifter=lifter, tolerance=tolerance)
+        tolerance = self._p("stamp_tolerance")
+        return self.camera.lift(job.header, u, v, job.target_frame, lifter=self._lifter, tolerance=tolerance)
 
     # ------------------------------------------------------------------ outputs
     def _publish(self, job: _Job, result: PointResult, point: PartPoint) -> None:
