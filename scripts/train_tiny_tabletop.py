@@ -120,10 +120,38 @@ def load_cache(cache: Path, split: str, n: int) -> tuple[np.ndarray, np.ndarray,
 # ----- 2. model and packed sequences ------------------------------------------------------------
 
 
-def build_initial(out: Path, seed: int) -> Path:
+def build_initial(out: Path, seed: int, init_from: str | None = None) -> Path:
+    """A fresh model with today's vocabulary; with ``init_from`` (a trained model directory of the
+    same architecture), every weight is copied from it, token rows matched by their word (words it
+    did not know keep their fresh random rows): training goes on with a grown vocabulary."""
     from part_point_ros.backbones.tiny import build_tiny_llava
 
-    return build_tiny_llava(out, seed=seed, vocab_words=vocabulary(), **MODEL_CONFIG)
+    path = build_tiny_llava(out, seed=seed, vocab_words=vocabulary(), **MODEL_CONFIG)
+    if init_from is None:
+        return path
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+    old_weights = LlavaForConditionalGeneration.from_pretrained(init_from, dtype=torch.float32).state_dict()
+    old_vocab = AutoTokenizer.from_pretrained(init_from).get_vocab()
+    new_vocab = AutoTokenizer.from_pretrained(path).get_vocab()
+    rows = [(new_vocab[w], i) for w, i in old_vocab.items() if w in new_vocab]
+    state = model.state_dict()
+    for name, new in state.items():
+        old = old_weights[name].float()  # KeyError: not the same architecture
+        if old.shape == new.shape and old.shape[0] != len(old_vocab):
+            new.copy_(old)
+        elif old.shape[1:] == new.shape[1:] and old.shape[0] == len(old_vocab):  # token rows
+            for n_row, o_row in rows:
+                new[n_row] = old[o_row]
+        else:
+            raise SystemExit(
+                f"--init-from {init_from}: {name} has shape {tuple(old.shape)}, not {tuple(new.shape)}"
+            )
+    model.load_state_dict(state)
+    model.save_pretrained(path)
+    log(f"initialised from {init_from}: {len(rows)} of {len(new_vocab)} token rows carried over")
+    return path
 
 
 class Packer:
@@ -304,7 +332,7 @@ def train(args) -> None:
     run.mkdir(parents=True, exist_ok=True)
     init_dir = run / "init"
     if not (init_dir / "config.json").exists():
-        build_initial(init_dir, args.seed)
+        build_initial(init_dir, args.seed, args.init_from)
     model = LlavaForConditionalGeneration.from_pretrained(init_dir, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(init_dir)
     n_image = model.config.image_seq_length
@@ -514,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", type=int, default=8000, help="train scenes (seeds 0..)")
     p.add_argument("--val", type=int, default=150, help="val scenes (seeds 100000..)")
     p.add_argument("--test", type=int, default=250, help="test scenes (seeds 200000..)")
+    p.add_argument("--init-from", default=None, help="go on from this trained model (vocabulary may grow)")
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=120)
     p.add_argument("--steps", type=int, default=2000)

@@ -18,6 +18,7 @@ from part_point_ros.sim.vqa import (
     SceneFacts,
     answer_vocabulary,
     make_questions,
+    query_vocabulary,
     scene_questions,
     split_of,
     vocabulary,
@@ -125,6 +126,37 @@ def test_deterministic_words_known_and_no_location_talk(rendered):
             text = f"{q.question} {q.answer}"
             assert not any(w in text for w in FORBIDDEN_WORDS), text
             assert not re.search(r"\d", text), text
+
+
+def test_reverse_lookups_only_for_colours_one_part_has():
+    facts = _facts(9, [("mug", 20.0, "pink"), ("knife", 120.0, "yellow")])
+    # mug: body pink, handle red, rim green; knife: handle yellow, blade red (shared: never asked)
+    colours = Counter(p.colour for p in facts.parts)
+    items = make_questions(facts)
+    reverse = {q.question: q for q in items if q.kind in ("colour_part", "colour_object")}
+    parts = {p.part_id: p for p in facts.parts}
+    assert reverse, "no reverse question asked"
+    for q in reverse.values():
+        (pid,) = q.part_ids
+        colour = q.question.split()[-1 if q.kind == "colour_part" else -2].rstrip("?")
+        assert colours[colour] == 1 and parts[pid].colour == colour
+        assert q.answer == (parts[pid].part if q.kind == "colour_part" else parts[pid].object_type)
+    shared = [c for c, n in colours.items() if n > 1]
+    assert shared and not any(c in text.split() for c in shared for text in reverse)
+    assert shared == ["red"] and len(reverse) == 2 * 3
+    assert reverse["which part is pink?"].answer == "body"
+    assert reverse["which object has a green part?"].answer == "mug"
+    assert reverse["which object has a yellow part?"].answer == "knife"
+
+
+def test_every_pointing_query_of_the_world_is_in_the_vocabulary(rendered):
+    from part_point_ros.sim.queries import make_queries
+
+    words = set(query_vocabulary())
+    assert words <= set(vocabulary())
+    for scene in rendered:
+        for query in make_queries(scene.seed, scene.objects, scene.parts):
+            assert set(re.findall(r"\w+|[^\w\s]+", query.text.lower())) <= words, query.text
 
 
 def test_facts_round_trip_through_json(rendered):

@@ -17,6 +17,9 @@ Question kinds (every answer is one word):
 - ``exists``: "is there a hammer?" yes / no, one absent type asked per present type.
 - ``count``: "how many mugs are there?" zero / one / two; "how many objects are there?" two..five.
 - ``side``: "which side is the mug on?" left / right in the image, only when clearly off centre.
+- ``colour_part``: "which part is red?" -> "handle", and ``colour_object``: "which object has a red
+  part?" -> "mug", for colours that exactly one visible part of the scene has: the reverse lookup,
+  which makes the image features of a part say what part (and what object) they belong to.
 
 Everything is deterministic in the scene seed. Seed ranges of the splits (disjoint, as
 docs/synthetic_world.md suggests): train ``0:100000``, val ``100000:200000``, test ``200000:``.
@@ -24,6 +27,7 @@ docs/synthetic_world.md suggests): train ``0:100000``, val ``100000:200000``, te
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,6 +48,8 @@ QUESTION_KINDS: tuple[str, ...] = (
     "exists",
     "count",
     "side",
+    "colour_part",
+    "colour_object",
 )
 BIGGEST_MARGIN = 1.3  # "the biggest part" is asked when it has this many times the pixels of the next
 COLOUR_EXISTS_PER_ANSWER = 2  # "is there anything red?": this many yes and as many no per scene
@@ -138,7 +144,25 @@ def split_of(seed: int) -> str:
 
 def answer_vocabulary() -> tuple[str, ...]:
     """Every answer word any question can have."""
-    return (*PALETTE, "yes", "no", *NUMBER_WORDS, "left", "right")
+    parts = dict.fromkeys(p for spec in OBJECT_TYPES.values() for p in spec.parts)
+    return (*PALETTE, "yes", "no", *NUMBER_WORDS, "left", "right", *parts, *OBJECT_TYPES)
+
+
+def _word_split(text: str) -> list[str]:
+    """Words and punctuation runs, as the tiny tokenizer's Whitespace pre-tokenizer splits them."""
+    return re.findall(r"\w+|[^\w\s]+", text.lower())
+
+
+def query_vocabulary() -> tuple[str, ...]:
+    """Every word the synthetic world's pointing queries (``sim.queries``) can contain: the direct
+    phrasings ("the handle of the mug", "the red mug's handle") and the reasoning templates."""
+    words = ["the", "of", "'", "s", *PALETTE]
+    for spec in OBJECT_TYPES.values():
+        words += [spec.name, *spec.parts]
+        for templates in spec.reasoning.values():
+            for template in templates:
+                words += _word_split(template.format(obj="the"))
+    return tuple(dict.fromkeys(words))
 
 
 def vocabulary() -> tuple[str, ...]:
@@ -158,10 +182,10 @@ def vocabulary() -> tuple[str, ...]:
         "objects",
         "anything",
     ]
-    words += ["which", "side", "on", "?", "biggest", "part"]
+    words += ["which", "side", "on", "?", "biggest", "part", "has", "object"]
     for spec in OBJECT_TYPES.values():
         words += [spec.name, PLURALS[spec.name], *spec.parts]
-    return tuple(dict.fromkeys([*words, *answer_vocabulary()]))
+    return tuple(dict.fromkeys([*words, *answer_vocabulary(), *query_vocabulary()]))
 
 
 def _is_there(object_type: str) -> str:
@@ -266,6 +290,25 @@ def make_questions(facts: SceneFacts) -> list[VqaItem]:
         offset = u / facts.width - 0.5
         if abs(offset) >= SIDE_MARGIN:
             items.append(VqaItem(f"which side is the {t} on?", "left" if offset < 0 else "right", "side", t))
+
+    for c in PALETTE:  # reverse lookups, for colours exactly one visible part has
+        having = [p for p in facts.parts if p.colour == c and p.pixel_count > 0]
+        if len(having) != 1 or having[0].pixel_count < min_pixels or not visible[having[0].object_id]:
+            continue
+        (p,) = having
+        items.append(
+            VqaItem(f"which part is {c}?", p.part, "colour_part", p.object_type, p.part, (p.part_id,))
+        )
+        items.append(
+            VqaItem(
+                f"which object has {'an' if c[0] in 'aeiou' else 'a'} {c} part?",
+                p.object_type,
+                "colour_object",
+                p.object_type,
+                p.part,
+                (p.part_id,),
+            )
+        )
     return items
 
 

@@ -286,11 +286,18 @@ class FeatureCache(torch.utils.data.Dataset):
                              f"{len(self.records)}; {RERUN}")  # fmt: skip
         self._handles: dict[str, Any] = {}
         self._pid = os.getpid()
+        self._k = len(self.manifest["heads"])  # heads served: the first _k of the cached ones
 
     # --- what the cache was made with
     @property
-    def heads(self) -> list[HeadRef]:
+    def cached_heads(self) -> list[HeadRef]:
+        """Every head the cache holds features of, in the order of its heads file."""
         return [HeadRef(int(layer), int(head)) for layer, head in self.manifest["heads"]]
+
+    @property
+    def heads(self) -> list[HeadRef]:
+        """The heads this cache serves: all cached ones, or the first k after ``check_matches``."""
+        return self.cached_heads[: self._k]
 
     @property
     def backbone(self) -> dict[str, Any]:
@@ -307,21 +314,31 @@ class FeatureCache(torch.utils.data.Dataset):
         heads: Sequence[HeadRef] | None = None,
         upscale: int | None = None,
     ) -> None:
-        """Raise ``CacheMismatchError`` (one line: what differs) unless the cache fits the request."""
+        """Raise ``CacheMismatchError`` (one line: what differs) unless the cache fits the request.
+
+        ``heads`` may be the first k of the cached heads (a k = 1 / 3 ablation on a k = 5 cache): the
+        cache then serves those k only.
+        """
         problems = []
         if backbone and backbone != self.manifest["backbone"]["name"]:
             problems.append(
                 f"backbone is {self.manifest['backbone']['name']!r} in the cache but {backbone!r} requested"
             )
-        if heads is not None and list(heads) != self.heads:
-            have = ",".join(map(str, self.heads))
-            problems.append(f"heads are {have} in the cache but {','.join(map(str, heads))} requested")
+        cached = self.cached_heads
+        if heads is not None and (not heads or list(heads) != cached[: len(heads)]):
+            have = ",".join(map(str, cached))
+            problems.append(
+                f"heads are {have} in the cache but {','.join(map(str, heads))} requested "
+                "(a config may use the first k of the cached heads, in order)"
+            )
         if upscale is not None and upscale != self.upscale:
             problems.append(f"heatmap upscale is {self.upscale} in the cache but the head needs {upscale}")
         if problems:
             raise CacheMismatchError(
                 f"feature cache {self.root} does not match the config: {problems[0]}; {RERUN}"
             )
+        if heads is not None:
+            self._k = len(heads)
 
     # --- samples
     def __len__(self) -> int:
@@ -356,9 +373,9 @@ class FeatureCache(torch.utils.data.Dataset):
         record = self.records[index]
         return FeatureItem(
             sample_id=record["sample_id"],
-            queries=self._tensor(index, "queries"),
-            keys=self._tensor(index, "keys"),
-            values=self._tensor(index, "values"),
+            queries=self._tensor(index, "queries")[: self._k],
+            keys=self._tensor(index, "keys")[: self._k],
+            values=self._tensor(index, "values")[: self._k],
             grid=self.grid(index),
             patch_target=self._tensor(index, "patch_target"),
             heatmap_mask=self._tensor(index, "heatmap_mask").numpy().astype(bool),

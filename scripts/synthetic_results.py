@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""The synthetic-world results table: A2P, its ablations and attention pointing on held-out seeds.
+
+Every variant is the shipped config (``config/train_synthetic_tabletop.yaml``) with a few
+overrides, trained by the project's trainer on the same feature cache (k = 1 / 3 read the first
+heads of the k = 5 cache) and evaluated on the eval cache (test seeds, never used for training or
+selection). Attention pointing runs live on the backbone. Writes ``<out>/results.json`` and
+``<out>/results.md`` (the README table) and prints the table.
+
+    part-point cache --config config/train_synthetic_tabletop.yaml
+    python scripts/synthetic_results.py --jobs 2            # about 40 minutes on 2 cores
+    python scripts/synthetic_results.py --only full,no_a2p   # a subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+# name -> (row label, config overrides); "full" is the shipped head's config
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "full": ("A2P (Q-Synth, V, decoder, SDF, k = 5)", []),
+    "eos": ("no Q-Synth: EOS token", ["head.query_pooling=eos"]),
+    "mean": ("no Q-Synth: average pooling", ["head.query_pooling=mean"]),
+    "max": ("no Q-Synth: max pooling", ["head.query_pooling=max"]),
+    "no_values": ("no image V", ["head.use_values=false"]),
+    "no_a2p": ("no A2P decoder", ["head.use_decoder=false"]),
+    "l2": ("L2 supervision", ["head.supervision=l2"]),
+    "gaussian": ("Gaussian supervision", ["head.supervision=gaussian"]),
+    "symmetric_sdf": ("symmetric SDF supervision", ["head.supervision=symmetric_sdf"]),
+    "k1": ("k = 1", ["k=1"]),
+    "k3": ("k = 3", ["k=3"]),
+}
+
+
+def run_variant(config_path: str, name: str, overrides: list[str], out: str, threads: int) -> dict:
+    """Train one variant on the shared cache and evaluate it from the eval cache (one process)."""
+    import torch
+
+    from part_point_ros.training.config import load_config
+    from part_point_ros.training.evaluate import run_evaluation
+    from part_point_ros.training.trainer import train
+
+    torch.set_num_threads(threads)
+    run_dir = Path(out) / name
+    config = load_config(config_path, [*overrides, f"out_dir={run_dir}", "progress=false"])
+    t0 = time.time()
+    if not (run_dir / "head" / "model.safetensors").is_file():
+        train(config)
+    train_s = time.time() - t0
+    outcome = run_evaluation(config, methods=["a2p"], from_cache=True, out_dir=run_dir / "eval")
+    return {"name": name, "overrides": overrides, "train_s": train_s, **outcome.summary["a2p"]["overall"]}
+
+
+def attention_row(config_path: str, out: str, threads: int) -> dict:
+    import torch
+
+    from part_point_ros.training.config import load_config
+    from part_point_ros.training.evaluate import run_evaluation
+
+    torch.set_num_threads(threads)
+    config = load_config(config_path, [f"out_dir={Path(out) / 'attention'}", "progress=false"])
+    outcome = run_evaluation(config, methods=["attention"], out_dir=Path(out) / "attention" / "eval")
+    return {"name": "attention", "overrides": [], **outcome.summary["attention"]["overall"]}
+
+
+def table(rows: list[dict], n_train: int) -> str:
+    labels = {name: label for name, (label, _) in VARIANTS.items()} | {
+        "attention": "attention pointing (no training)"
+    }
+    lines = [
+        "| method | accuracy | patch accuracy | test queries | train queries |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        trained = "0" if r["name"] == "attention" else str(n_train)
+        acc, patch = f"{r['accuracy']:.3f}", f"{r['patch_accuracy']:.3f}"
+        lines.append(f"| {labels[r['name']]} | {acc} | {patch} | {r['n']} | {trained} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="config/train_synthetic_tabletop.yaml")
+    p.add_argument("--out", default="runs/synthetic_tabletop/results")
+    p.add_argument("--only", help="comma-separated variants (default: all and attention)")
+    p.add_argument("--jobs", type=int, default=1, help="variants trained at once (one thread each)")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    names = args.only.split(",") if args.only else [*VARIANTS, "attention"]
+    unknown = [n for n in names if n not in VARIANTS and n != "attention"]
+    if unknown:
+        p.error(f"unknown variants {unknown}; known: {', '.join([*VARIANTS, 'attention'])}")
+    from part_point_ros.training.config import load_config
+    from part_point_ros.training.feature_cache import FeatureCache
+
+    config = load_config(args.config)
+    n_train = len(FeatureCache(config.cache_path("train")))
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    rows: dict[str, dict] = {}
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            n: pool.submit(run_variant, args.config, n, VARIANTS[n][1], args.out, threads)
+            for n in names
+            if n != "attention"
+        }
+        if "attention" in names:
+            futures["attention"] = pool.submit(attention_row, args.config, args.out, threads)
+        for n, fut in futures.items():
+            rows[n] = fut.result()
+            print(
+                f"{n}: accuracy {rows[n]['accuracy']:.3f} patch {rows[n]['patch_accuracy']:.3f}", flush=True
+            )
+    ordered = [rows[n] for n in [*VARIANTS, "attention"] if n in rows]
+    md = table(ordered, n_train)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"n_train": n_train, "rows": ordered}, indent=2))
+    (out / "results.md").write_text(md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
