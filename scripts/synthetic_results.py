@@ -57,14 +57,14 @@ def run_variant(config_path: str, name: str, overrides: list[str], out: str, thr
     return {"name": name, "overrides": overrides, "train_s": train_s, **outcome.summary["a2p"]["overall"]}
 
 
-def attention_row(config_path: str, out: str, threads: int) -> dict:
+def attention_row(config_path: str, overrides: list[str], out: str, threads: int) -> dict:
     import torch
 
     from part_point_ros.training.config import load_config
     from part_point_ros.training.evaluate import run_evaluation
 
     torch.set_num_threads(threads)
-    config = load_config(config_path, [f"out_dir={Path(out) / 'attention'}", "progress=false"])
+    config = load_config(config_path, [*overrides, f"out_dir={Path(out) / 'attention'}", "progress=false"])
     outcome = run_evaluation(config, methods=["attention"], out_dir=Path(out) / "attention" / "eval")
     return {"name": "attention", "overrides": [], **outcome.summary["attention"]["overall"]}
 
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/synthetic_tabletop/results")
     p.add_argument("--only", help="comma-separated variants (default: all and attention)")
     p.add_argument("--jobs", type=int, default=1, help="variants trained at once (one thread each)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every row")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     names = args.only.split(",") if args.only else [*VARIANTS, "attention"]
@@ -99,18 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     from part_point_ros.training.config import load_config
     from part_point_ros.training.feature_cache import FeatureCache
 
-    config = load_config(args.config)
+    config = load_config(args.config, args.set)
     n_train = len(FeatureCache(config.cache_path("train")))
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     rows: dict[str, dict] = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
-            n: pool.submit(run_variant, args.config, n, VARIANTS[n][1], args.out, threads)
+            n: pool.submit(run_variant, args.config, n, [*args.set, *VARIANTS[n][1]], args.out, threads)
             for n in names
             if n != "attention"
         }
         if "attention" in names:
-            futures["attention"] = pool.submit(attention_row, args.config, args.out, threads)
+            futures["attention"] = pool.submit(attention_row, args.config, args.set, args.out, threads)
         for n, fut in futures.items():
             rows[n] = fut.result()
             print(

@@ -350,7 +350,10 @@ def train(args) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{len(train_facts)} scenes, {sum(map(len, questions))} questions, {n_params / 1e6:.2f} M params")
 
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    if args.freeze_vision:  # as LLaVA-1.5 does: the (pretrained) vision tower stays as it is
+        model.model.vision_tower.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     step = 0
     state_path = run / "state.pt"
     if state_path.exists():
@@ -362,7 +365,8 @@ def train(args) -> None:
     model.train()
     history_path = run / "history.jsonl"
     t0, losses = time.time(), []
-    while step < args.steps:
+    stop = min(args.steps, args.stop_after or args.steps)
+    while step < stop:
         rng = np.random.default_rng([args.seed, step])  # the batch of a step depends on the step only
         idx = rng.choice(len(train_facts), size=args.batch, replace=False)
         qs = [pick_questions(questions[i], rng, args.others) for i in idx]
@@ -377,7 +381,7 @@ def train(args) -> None:
         loss = loss / weight.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         losses.append(loss.item())
         step += 1
@@ -392,11 +396,95 @@ def train(args) -> None:
             log(f"step {step} val " + " ".join(f"{k} {v:.3f}" for k, v in sorted(acc["per_kind"].items())))
             with open(history_path, "a") as fh:
                 fh.write(json.dumps({"step": step, "val": acc["per_kind"], "overall": acc["overall"]}) + "\n")
-        if step % args.save_every == 0 or step == args.steps:
+        if step % args.save_every == 0 or step in (args.steps, stop):
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run / "model.safetensors")
             torch.save({"optimizer": opt.state_dict(), "step": step}, run / "state.tmp.pt")
             (run / "state.tmp.pt").rename(state_path)
             log(f"checkpoint at step {step}")
+
+
+# ----- 2b. vision pretraining (optional first stage) ---------------------------------------------
+
+
+def presence_labels(facts: list[SceneFacts]) -> torch.Tensor:
+    """(N, L) multi-hot image-level labels: which object:part pairs, and which pair in which colour,
+    are visible (>= MIN_PART_FRACTION of the image). Image level only: no location anywhere."""
+    from part_point_ros.sim.catalog import PALETTE, object_part_pairs
+    from part_point_ros.sim.vqa import MIN_PART_FRACTION
+
+    pairs = {pair: i for i, pair in enumerate(object_part_pairs())}
+    colours = {c: i for i, c in enumerate(PALETTE)}
+    labels = torch.zeros(len(facts), len(pairs) * (1 + len(colours)))
+    for n, f in enumerate(facts):
+        for p in f.parts:
+            if p.pixel_count >= MIN_PART_FRACTION * f.width * f.height:
+                i = pairs[(p.object_type, p.part)]
+                labels[n, i] = 1.0
+                labels[n, len(pairs) + i * len(colours) + colours[p.colour]] = 1.0
+    return labels
+
+
+def pretrain_vision(args) -> None:
+    """Stage 1: the CLIP vision tower alone learns image-level presence labels ("is there a red mug
+    handle?", all at once) through a linear probe on its patch tokens, pooled by a smooth maximum
+    (logsumexp) over the patches; then the whole LLaVA model is saved for the VQA stage
+    (``--init-from <run>/vision``). Like CLIP's pretraining, the supervision names what is in the
+    image, never where: the smooth maximum is what makes the patch features part detectors."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    if not args.init_from:
+        raise SystemExit("--stage vision needs --init-from (the model whose vision tower is pretrained)")
+    run = Path(args.run)
+    out = run / "vision"
+    model = LlavaForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(args.init_from)
+    tower = model.model.vision_tower
+    layer = model.config.vision_feature_layer
+    rgb, _, facts = load_cache(Path(args.cache), "train", args.train)
+    val_rgb, _, val_facts = load_cache(Path(args.cache), "val", args.val)
+    pixels, val_pixels = pixel_tensor(processor, rgb), pixel_tensor(processor, val_rgb)
+    labels, val_labels = presence_labels(facts), presence_labels(val_facts)
+    width = tower.config.hidden_size
+    probe = torch.nn.Linear(width, labels.shape[1])
+    params = [*tower.parameters(), *probe.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.vision_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    pos = labels.mean(0).clamp(1e-3, 0.5)
+    pos_weight = ((1 - pos) / pos).sqrt()  # rare labels count more
+
+    def logits_of(px: torch.Tensor) -> torch.Tensor:
+        feats = tower(px.float(), output_hidden_states=True).hidden_states[layer][:, 1:]  # (B, P, D)
+        return torch.logsumexp(probe(feats), dim=1) - math.log(feats.shape[1])  # (B, P, L) -> (B, L)
+
+    def evaluate_probe() -> float:
+        tower.eval()
+        with torch.no_grad():
+            pred = torch.cat([logits_of(val_pixels[i : i + 64]) for i in range(0, len(val_pixels), 64)]) > 0
+        tower.train()
+        tp = (pred & (val_labels > 0)).sum().item()
+        return 2 * tp / max(1, pred.sum().item() + (val_labels > 0).sum().item())  # micro F1
+
+    log(f"vision pretraining: {len(facts)} images, {labels.shape[1]} labels, val F1 {evaluate_probe():.3f}")
+    rng = np.random.default_rng([args.seed, 99])
+    t0 = time.time()
+    for step in range(1, args.vision_steps + 1):
+        idx = rng.choice(len(facts), size=args.vision_batch, replace=False)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step - 1, args.vision_steps, args.vision_lr, 50)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits_of(pixels[idx]), labels[idx], pos_weight=pos_weight
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % args.log_every == 0:
+            log(f"vision step {step} loss {loss.item():.4f} {args.log_every / (time.time() - t0):.2f} step/s")
+            t0 = time.time()
+        if step % args.eval_every == 0 or step == args.vision_steps:
+            log(f"vision step {step} val F1 {evaluate_probe():.3f}")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    log(f"vision tower pretrained -> {out}")
 
 
 def check_packing(processor, packer: Packer, prefix: list[int]) -> None:
@@ -515,7 +603,10 @@ def evaluate(args) -> None:
     _, _, train_facts = load_cache(cache, "train", args.train)
     report: dict = {"test_seeds": f"{SPLIT_SEEDS['test'][0]}:{SPLIT_SEEDS['test'][0] + args.test}"}
     report["blind"] = blind_baselines(train_facts, facts)
-    for name, model_dir in (("trained", args.out), ("untrained", str(Path(args.run) / "init"))):
+    untrained = Path(args.run) / "random"  # the architecture with fresh random weights
+    if not (untrained / "config.json").exists():
+        build_initial(untrained, args.seed)
+    for name, model_dir in (("trained", args.out), ("untrained", str(untrained))):
         model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
         processor = AutoProcessor.from_pretrained(model_dir)
         packer = Packer(processor)
@@ -534,7 +625,7 @@ def evaluate(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", choices=["all", "cache", "train", "ship", "evaluate"], default="all")
+    p.add_argument("--stage", choices=["all", "cache", "vision", "train", "ship", "evaluate"], default="all")
     p.add_argument("--cache", default="/tmp/tiny_tabletop/cache", help="rendered scene shards")
     p.add_argument("--run", default="/tmp/tiny_tabletop/run", help="initial model, checkpoints, history")
     p.add_argument("--out", default="models/tiny-tabletop-llava", help="shipped fp16 HF directory")
@@ -543,6 +634,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", type=int, default=150, help="val scenes (seeds 100000..)")
     p.add_argument("--test", type=int, default=250, help="test scenes (seeds 200000..)")
     p.add_argument("--init-from", default=None, help="go on from this trained model (vocabulary may grow)")
+    p.add_argument("--stop-after", type=int, help="--stage train: stop at this step (schedule of --steps)")
+    p.add_argument("--freeze-vision", action="store_true", help="--stage train: keep the vision tower fixed")
+    p.add_argument("--vision-steps", type=int, default=600, help="--stage vision: steps")
+    p.add_argument("--vision-batch", type=int, default=32, help="--stage vision: images per step")
+    p.add_argument("--vision-lr", type=float, default=1e-3, help="--stage vision: peak learning rate")
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=120)
     p.add_argument("--steps", type=int, default=2000)
@@ -562,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("all", "cache"):
         for split in ("val", "test", "train"):
             build_cache(Path(args.cache), split, getattr(args, split), args.width, args.height)
+    if args.stage == "vision":
+        pretrain_vision(args)
     if args.stage in ("all", "train"):
         train(args)
     if args.stage in ("all", "ship"):
