@@ -1,8 +1,9 @@
 """Attention-pointing baseline (Kang et al., CVPR 2025): where the localization heads look.
 
 Per head: the last input token's attention over the image tokens, reshaped to the token grid,
-smoothed with a 7x7 Gaussian (sigma 1); the heads' maps are summed; the argmax cell's centre is the
-point, mapped to original pixels through the ``ImageGrid``.
+smoothed with a 7x7 Gaussian (sigma 1); the heads' maps are summed; cells that lie wholly in the
+processor's padding (pad-to-square) are set to zero, since a point there is never on the image; the
+argmax cell's centre is the point, mapped to original pixels through the ``ImageGrid``.
 
 Score: the baseline has no calibrated confidence. ``score`` is the share of the summed map's mass in
 the 3x3 cells around the peak (1.0 = all attention on one spot, 9 / P = uniform); callers decide on
@@ -39,16 +40,30 @@ def head_attention_maps(capture: Capture) -> np.ndarray:
     return attn.reshape(attn.shape[0], rows, cols)  # (k, P) -> (k, rows, cols)
 
 
+def cells_on_image(grid) -> np.ndarray:
+    """(rows, cols) bool: grid cells that cover some of the original image (not only padding)."""
+    width, height = grid.orig_size
+    return grid.resample_mask(np.ones((int(height), int(width)), dtype=bool)) > 0
+
+
+def clamp_to_image(grid, x: float, y: float) -> tuple[float, float]:
+    """(x, y) moved onto the original image (the centre of a cell only partly on it may not be)."""
+    width, height = grid.orig_size
+    return min(max(x, 0.0), width - 0.5), min(max(y, 0.0), height - 0.5)
+
+
 def attention_heatmap(capture: Capture, *, sigma: float = 1.0, size: int = 7) -> np.ndarray:
-    """(rows, cols) float32: the per-head smoothed maps summed, normalised to sum 1."""
+    """(rows, cols) float32: the per-head smoothed maps summed, zero on padding-only cells,
+    normalised to sum 1."""
     maps = head_attention_maps(capture)
     total = np.sum([gaussian_smooth(m, sigma=sigma, size=size) for m in maps], axis=0)
-    total = np.maximum(total, 0.0)
+    on_image = cells_on_image(capture.grid)
+    total = np.maximum(total, 0.0) * on_image
     mass = float(total.sum())
     if mass > 0:
         total = total / mass
-    else:
-        total = np.full_like(total, 1.0 / total.size)
+    else:  # no attention on the image at all: uniform over its cells
+        total = on_image / max(int(on_image.sum()), 1)
     return total.astype(np.float32)
 
 
@@ -63,5 +78,5 @@ def attention_point(capture: Capture, *, sigma: float = 1.0, size: int = 7) -> A
     """The Kang et al. point: argmax cell of the summed smoothed maps -> its centre in original pixels."""
     heatmap = attention_heatmap(capture, sigma=sigma, size=size)
     peak = argmax_peak(heatmap)
-    x, y = capture.grid.cell_center(int(peak.row), int(peak.col))
+    x, y = clamp_to_image(capture.grid, *capture.grid.cell_center(int(peak.row), int(peak.col)))
     return AttentionPoint(x=x, y=y, score=peak_share(heatmap, peak), peak=peak, heatmap=heatmap)

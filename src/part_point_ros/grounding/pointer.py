@@ -26,7 +26,7 @@ import torch
 
 from part_point_ros.backbones.base import BackboneAdapter, BackboneInfo
 from part_point_ros.errors import CheckpointError, HeadMismatchError, InputError
-from part_point_ros.grounding.attention_pointing import attention_heatmap, peak_share
+from part_point_ros.grounding.attention_pointing import attention_heatmap, clamp_to_image, peak_share
 from part_point_ros.grounding.inputs import MAX_QUERY_CHARS, check_image, check_query
 from part_point_ros.grounding.localization_heads import HeadsFile, known_heads_name, load_heads
 from part_point_ros.grounding.peaks import Peak, argmax_peak, nms_peaks, refine_peak
@@ -282,7 +282,10 @@ class PartPointer:
         heatmap = attention_heatmap(capture)
         best, peaks = self._peaks(heatmap)
         # Kang et al. point at the argmax patch's centre; sub-pixel refinement is an option on top.
-        points = [(*grid.heatmap_to_pixel(p.row, p.col, 1), peak_share(heatmap, p)) for p in peaks]
+        points = [
+            (*clamp_to_image(grid, *grid.heatmap_to_pixel(p.row, p.col, 1)), peak_share(heatmap, p))
+            for p in peaks
+        ]
         x, y, score = points[0]
         return PointResult(
             x=x, y=y, score=score, found=False, method="attention", latency_ms=0.0, query=query,
