@@ -2,8 +2,8 @@
 """Train the tiny-tabletop backbone: a real LlavaForConditionalGeneration trained from scratch on
 one-word VQA about the synthetic tabletop world (``sim/vqa.py``), then shipped in fp16.
 
-The model never sees a point or a mask: the loss is on the answer word (and the end-of-sequence
-token) only, so any location it carries is implicit, in its attention.
+The model never sees a point or a mask: the VQA loss is on the answer word (and the end-of-sequence
+token) only, the vision stage's on image-level labels, so any location it carries is implicit.
 
 Stages (each resumable; everything is deterministic in ``--seed``):
 1. ``cache``: render the scenes of each split once (160x120 by default) into ``--cache`` shards.
@@ -11,11 +11,15 @@ Stages (each resumable; everything is deterministic in ``--seed``):
    one segment per question; a block mask lets each segment see the prefix and itself only, and
    each segment's positions restart right after the image, so every segment is computed exactly as
    the single-question prompt ``USER: <image>\\n{question} ASSISTANT:`` the adapters use.
+   ``--init-from`` goes on from a trained model (the vocabulary may grow); ``--freeze-vision`` keeps
+   the vision tower fixed, as LLaVA-1.5 does.
+2b. ``vision``: pretrain the vision tower on image-level presence labels (which coloured parts are in
+   the image, never where) through a smooth-maximum-pooled linear probe; saves ``<run>/vision``.
 3. ``ship``: save fp16 with ``save_pretrained`` (model, processor, tokenizer, chat template).
 4. ``evaluate``: held-out accuracy per question kind against blind baselines, and the localisation
    of the last token's attention on the asked part, read through ``registry.load_backbone``.
 
-    python scripts/train_tiny_tabletop.py   # the defaults are the shipped run's settings
+    python scripts/train_tiny_tabletop.py   # stage 1 of the shipped model (docs/tiny_tabletop.md: all 4)
 """
 
 from __future__ import annotations
@@ -425,7 +429,7 @@ def presence_labels(facts: list[SceneFacts]) -> torch.Tensor:
 
 
 def pretrain_vision(args) -> None:
-    """Stage 1: the CLIP vision tower alone learns image-level presence labels ("is there a red mug
+    """``--stage vision``: the CLIP vision tower alone learns image-level presence labels ("is there a red mug
     handle?", all at once) through a linear probe on its patch tokens, pooled by a smooth maximum
     (logsumexp) over the patches; then the whole LLaVA model is saved for the VQA stage
     (``--init-from <run>/vision``). Like CLIP's pretraining, the supervision names what is in the
