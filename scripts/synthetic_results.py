@@ -49,10 +49,11 @@ def run_variant(config_path: str, name: str, overrides: list[str], out: str, thr
     torch.set_num_threads(threads)
     run_dir = Path(out) / name
     config = load_config(config_path, [*overrides, f"out_dir={run_dir}", "progress=false"])
-    t0 = time.time()
+    train_s = None  # None: the head was already trained (a rerun evaluates only)
     if not (run_dir / "head" / "model.safetensors").is_file():
+        t0 = time.time()
         train(config)
-    train_s = time.time() - t0
+        train_s = time.time() - t0
     outcome = run_evaluation(config, methods=["a2p"], from_cache=True, out_dir=run_dir / "eval")
     return {"name": name, "overrides": overrides, "train_s": train_s, **outcome.summary["a2p"]["overall"]}
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="config/train_synthetic_tabletop.yaml")
     p.add_argument("--out", default="runs/synthetic_tabletop/results")
     p.add_argument("--only", help="comma-separated variants (default: all and attention)")
-    p.add_argument("--jobs", type=int, default=1, help="variants trained at once (one thread each)")
+    p.add_argument("--jobs", type=int, default=1, help="variants at once (cores / jobs threads each)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every row")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -32,6 +32,8 @@ def test_cells_on_image_are_the_rows_the_image_covers():
     assert on.shape == (14, 14)
     assert not on[0].any() and not on[13].any()  # pure padding
     assert on[1:13].all()  # rows 1 and 12 are partly image
+    # the same cells as resampling a full image onto the grid
+    assert np.array_equal(on, GRID.resample_mask(np.ones((240, 320), dtype=bool)) > 0)
 
 
 def test_attention_on_padding_still_gives_a_point_on_the_image():

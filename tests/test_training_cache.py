@@ -112,13 +112,15 @@ def test_manifest_mismatch_is_one_clear_line(backbone, train_set, tmp_path):
 def test_a_prefix_of_the_cached_heads_is_served_without_recaching(backbone, train_set, tmp_path):
     root = write_cache(backbone, train_set, tmp_path / "c", heads=HEADS, upscale=4, max_samples=2)
     full, first = FeatureCache(root), FeatureCache(root)
-    first.check_matches(heads=HEADS[:1])  # the k = 1 ablation on a k = 2 cache
+    first.check_matches(heads=HEADS[:1])  # the k = 1 ablation on a k = 2 cache: accepted ...
+    assert first.heads == HEADS  # ... and a check changes nothing
+    first.use_heads(HEADS[:1])
     assert first.heads == HEADS[:1] and first.cached_heads == HEADS
     item, whole = first[1], full[1]
     assert item.keys.shape[0] == item.values.shape[0] == item.queries.shape[0] == 1
     assert torch.equal(item.keys, whole.keys[:1]) and torch.equal(item.values, whole.values[:1])
     with pytest.raises(CacheMismatchError, match="first k of the cached heads"):
-        FeatureCache(root).check_matches(heads=HEADS[1:])  # not a prefix: another head order
+        FeatureCache(root).use_heads(HEADS[1:])  # not a prefix: another head order
     with pytest.raises(CacheMismatchError):
         FeatureCache(root).check_matches(heads=[*HEADS, HeadRef(0, 0)])  # more heads than cached
 

@@ -41,9 +41,17 @@ def head_attention_maps(capture: Capture) -> np.ndarray:
 
 
 def cells_on_image(grid) -> np.ndarray:
-    """(rows, cols) bool: grid cells that cover some of the original image (not only padding)."""
+    """(rows, cols) bool: grid cells that cover some of the original image (not only padding).
+
+    From the grid geometry alone (the image's corners in grid coordinates): no per-request warp.
+    """
     width, height = grid.orig_size
-    return grid.resample_mask(np.ones((int(height), int(width)), dtype=bool)) > 0
+    gx0, gy0 = grid.pixel_to_grid(0.0, 0.0)
+    gx1, gy1 = grid.pixel_to_grid(float(width), float(height))
+    cols, rows = np.arange(grid.cols), np.arange(grid.rows)
+    on_cols = (cols + 1 > gx0) & (cols < gx1)  # cell [c, c + 1) overlaps [gx0, gx1)
+    on_rows = (rows + 1 > gy0) & (rows < gy1)
+    return on_rows[:, None] & on_cols[None, :]
 
 
 def clamp_to_image(grid, x: float, y: float) -> tuple[float, float]:

@@ -163,6 +163,7 @@ def run_evaluation(
             head = PartPointHead.from_pretrained(head_dir, device=device)
             cache = FeatureCache(config.cache_path("eval"))
             cache.check_matches(heads=head.config.head_refs, upscale=head.config.upscale)
+            cache.use_heads(head.config.head_refs)
             backbone_name = backbone_name or cache.backbone["name"]
             limit = max_samples or config.eval_max_samples
             records += predict_from_cache(head, cache, device=device, max_samples=limit)

@@ -296,7 +296,7 @@ class FeatureCache(torch.utils.data.Dataset):
 
     @property
     def heads(self) -> list[HeadRef]:
-        """The heads this cache serves: all cached ones, or the first k after ``check_matches``."""
+        """The heads this cache serves: all cached ones, or the first k after ``use_heads``."""
         return self.cached_heads[: self._k]
 
     @property
@@ -316,8 +316,8 @@ class FeatureCache(torch.utils.data.Dataset):
     ) -> None:
         """Raise ``CacheMismatchError`` (one line: what differs) unless the cache fits the request.
 
-        ``heads`` may be the first k of the cached heads (a k = 1 / 3 ablation on a k = 5 cache): the
-        cache then serves those k only.
+        ``heads`` may be the first k of the cached heads (a k = 1 / 3 ablation on a k = 5 cache);
+        ``use_heads`` then makes the cache serve those k only.
         """
         problems = []
         if backbone and backbone != self.manifest["backbone"]["name"]:
@@ -337,8 +337,11 @@ class FeatureCache(torch.utils.data.Dataset):
             raise CacheMismatchError(
                 f"feature cache {self.root} does not match the config: {problems[0]}; {RERUN}"
             )
-        if heads is not None:
-            self._k = len(heads)
+
+    def use_heads(self, heads: Sequence[HeadRef]) -> None:
+        """Serve the features of ``heads`` only: the first k cached heads (``check_matches`` rules)."""
+        self.check_matches(heads=heads)
+        self._k = len(heads)
 
     # --- samples
     def __len__(self) -> int:
