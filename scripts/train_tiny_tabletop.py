@@ -124,13 +124,17 @@ def load_cache(cache: Path, split: str, n: int) -> tuple[np.ndarray, np.ndarray,
 # ----- 2. model and packed sequences ------------------------------------------------------------
 
 
-def build_initial(out: Path, seed: int, init_from: str | None = None) -> Path:
+def build_initial(out: Path, seed: int, init_from: str | None = None, image_size: int | None = None) -> Path:
     """A fresh model with today's vocabulary; with ``init_from`` (a trained model directory of the
     same architecture), every weight is copied from it, token rows matched by their word (words it
-    did not know keep their fresh random rows): training goes on with a grown vocabulary."""
+    did not know keep their fresh random rows): training goes on with a grown vocabulary.
+    ``image_size`` (default ``MODEL_CONFIG``'s) may differ from ``init_from``'s: the vision tower's
+    position embeddings are then resampled to the new patch grid (bicubic, as ViTs are fine-tuned
+    at a higher resolution) and the model sees more image tokens of the same patch size."""
     from part_point_ros.backbones.tiny import build_tiny_llava
 
-    path = build_tiny_llava(out, seed=seed, vocab_words=vocabulary(), **MODEL_CONFIG)
+    config = {**MODEL_CONFIG, **({"image_size": image_size} if image_size else {})}
+    path = build_tiny_llava(out, seed=seed, vocab_words=vocabulary(), **config)
     if init_from is None:
         return path
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
@@ -145,6 +149,8 @@ def build_initial(out: Path, seed: int, init_from: str | None = None) -> Path:
         old = old_weights[name].float()  # KeyError: not the same architecture
         if old.shape == new.shape and old.shape[0] != len(old_vocab):
             new.copy_(old)
+        elif name.endswith("position_embedding.weight") and old.shape[1:] == new.shape[1:]:
+            new.copy_(resample_positions(old, new.shape[0]))
         elif old.shape[1:] == new.shape[1:] and old.shape[0] == len(old_vocab):  # token rows
             for n_row, o_row in rows:
                 new[n_row] = old[o_row]
@@ -156,6 +162,19 @@ def build_initial(out: Path, seed: int, init_from: str | None = None) -> Path:
     model.save_pretrained(path)
     log(f"initialised from {init_from}: {len(rows)} of {len(new_vocab)} token rows carried over")
     return path
+
+
+def resample_positions(table: torch.Tensor, count: int) -> torch.Tensor:
+    """CLIP position table (1 + g*g, D) -> (count = 1 + n*n, D): the class row kept, the g x g grid
+    resampled bicubically to n x n."""
+    old_side, new_side = math.isqrt(table.shape[0] - 1), math.isqrt(count - 1)
+    if old_side**2 + 1 != table.shape[0] or new_side**2 + 1 != count:
+        raise SystemExit(f"position tables {tuple(table.shape)} -> {count} rows are not 1 + square grids")
+    grid = table[1:].T.reshape(1, -1, old_side, old_side)  # (g*g, D) -> (1, D, g, g)
+    grid = torch.nn.functional.interpolate(
+        grid, size=(new_side, new_side), mode="bicubic", align_corners=False
+    )
+    return torch.cat([table[:1], grid.reshape(table.shape[1], -1).T])  # (1, D, n, n) -> (n*n, D)
 
 
 class Packer:
@@ -336,7 +355,7 @@ def train(args) -> None:
     run.mkdir(parents=True, exist_ok=True)
     init_dir = run / "init"
     if not (init_dir / "config.json").exists():
-        build_initial(init_dir, args.seed, args.init_from)
+        build_initial(init_dir, args.seed, args.init_from, args.image_size)
     model = LlavaForConditionalGeneration.from_pretrained(init_dir, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(init_dir)
     n_image = model.config.image_seq_length
@@ -440,8 +459,9 @@ def pretrain_vision(args) -> None:
         raise SystemExit("--stage vision needs --init-from (the model whose vision tower is pretrained)")
     run = Path(args.run)
     out = run / "vision"
-    model = LlavaForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
-    processor = AutoProcessor.from_pretrained(args.init_from)
+    start = build_initial(run / "init", args.seed, args.init_from, args.image_size)
+    model = LlavaForConditionalGeneration.from_pretrained(start, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(start)
     tower = model.model.vision_tower
     layer = model.config.vision_feature_layer
     rgb, _, facts = load_cache(Path(args.cache), "train", args.train)
@@ -486,8 +506,8 @@ def pretrain_vision(args) -> None:
             t0 = time.time()
         if step % args.eval_every == 0 or step == args.vision_steps:
             log(f"vision step {step} val F1 {evaluate_probe():.3f}")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+            model.save_pretrained(out)  # the latest tower is usable while training goes on
+            processor.save_pretrained(out)
     log(f"vision tower pretrained -> {out}")
 
 
@@ -599,6 +619,89 @@ def attention_localisation(model_dir: str, rgb, part_ids, facts, max_questions: 
     }
 
 
+def token_probe(model_dir: str, train_data, test_data, *, steps: int = 400, min_cover: float = 0.4) -> dict:
+    """How well the object:part under an image token can be read, linearly, from what the model holds
+    there: the vision tower's output features, and the keys (RoPE applied, as the heads see them) of
+    every head of the last two decoder layers. An evaluation probe (it reads masks; the model never
+    does): a softmax-linear classifier over the 27 pairs + "no part", fitted on the tokens of the train
+    scenes that one class covers >= ``min_cover`` of, scored on the test scenes' tokens as the mean
+    recall over the pairs seen >= 3 times (background excluded) and the accuracy on part tokens.
+    Image tokens precede the question, so the question does not change them."""
+    from part_point_ros.backbones.registry import load_backbone
+    from part_point_ros.sim.catalog import object_part_pairs
+    from part_point_ros.types import HeadRef
+
+    adapter = load_backbone(model_dir, dtype="float32")
+    info = adapter.info
+    heads = [
+        HeadRef(layer, h)
+        for layer in range(info.num_layers - 2, info.num_layers)
+        for h in range(info.num_heads)
+    ]
+    pairs = {pair: i for i, pair in enumerate(object_part_pairs())}
+    n_classes = len(pairs) + 1  # + "no part" (table, background)
+
+    def features(data) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        rgb, part_ids, facts = data
+        feats: dict[str, list[torch.Tensor]] = {"vision tower": [], "keys, last two layers": []}
+        labels = []
+        seen: list[torch.Tensor] = []
+        tower = adapter.model.model.vision_tower  # its last layer is what LLaVA passes on (feature layer -1)
+        hook = tower.register_forward_hook(lambda _m, _i, out: seen.append(out.last_hidden_state[0, 1:]))
+        try:
+            for i, f in enumerate(facts):
+                cap = adapter.capture(rgb[i], "what colour is the mug?", heads)
+                feats["vision tower"].append(seen[-1].detach())
+                keys = cap.image_keys  # (k, P, d)
+                feats["keys, last two layers"].append(
+                    keys.permute(1, 0, 2).reshape(keys.shape[1], -1)
+                )  # (P, k*d)
+                cover = np.zeros((n_classes, cap.grid.rows * cap.grid.cols))
+                for part in f.parts:
+                    cover[pairs[(part.object_type, part.part)]] += cap.grid.resample_mask(
+                        part_ids[i] == part.part_id
+                    ).reshape(-1)
+                cover[-1] = 1.0 - cover[:-1].sum(0)
+                labels.append(torch.as_tensor(np.where(cover.max(0) >= min_cover, cover.argmax(0), -1)))
+        finally:
+            hook.remove()
+        return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels)
+
+    x_train, y_train = features(train_data)
+    x_test, y_test = features(test_data)
+    keep, keep_test = y_train >= 0, y_test >= 0
+    y, yt = y_train[keep], y_test[keep_test]
+    counts = torch.bincount(y, minlength=n_classes).float()
+    weight = (counts.sum() / (counts + 1.0)).sqrt()  # rare parts count more than the table
+    report: dict = {"train_tokens": int(keep.sum()), "test_tokens": int(keep_test.sum())}
+    gen = torch.Generator().manual_seed(0)
+    for name in x_train:
+        x = x_train[name][keep].float()
+        mean, std = x.mean(0), x.std(0) + 1e-5
+        x, xt = (x - mean) / std, (x_test[name][keep_test].float() - mean) / std
+        probe = torch.nn.Linear(x.shape[1], n_classes)
+        torch.nn.init.normal_(probe.weight, std=0.01, generator=gen)
+        opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+        for _ in range(steps):  # full batch
+            loss = torch.nn.functional.cross_entropy(probe(x), y, weight=weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            pred = probe(xt).argmax(1)
+        on_part = yt < n_classes - 1
+        recalls = [
+            float((pred[yt == c] == c).float().mean()) for c in range(n_classes - 1) if (yt == c).sum() >= 3
+        ]
+        report[name] = {
+            "mean_recall_over_pairs": float(np.mean(recalls)),
+            "pairs_scored": len(recalls),
+            "accuracy_on_part_tokens": float((pred[on_part] == yt[on_part]).float().mean()),
+            "chance_mean_recall": 1.0 / n_classes,
+        }
+    return report
+
+
 def evaluate(args) -> None:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -609,7 +712,7 @@ def evaluate(args) -> None:
     report["blind"] = blind_baselines(train_facts, facts)
     untrained = Path(args.run) / "random"  # the architecture with fresh random weights
     if not (untrained / "config.json").exists():
-        build_initial(untrained, args.seed)
+        build_initial(untrained, args.seed, image_size=args.image_size)
     for name, model_dir in (("trained", args.out), ("untrained", str(untrained))):
         model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
         processor = AutoProcessor.from_pretrained(model_dir)
@@ -623,6 +726,12 @@ def evaluate(args) -> None:
             model_dir, rgb, part_ids, facts, args.attn_questions
         )
         log(f"{name} attention: " + json.dumps(report[f"attention_{name}"]["heads"][:4]))
+    if args.probe_scenes:
+        train_scenes = load_cache(cache, "train", args.probe_scenes)
+        test_scenes = (rgb[:100], part_ids[:100], facts[:100])
+        for name, model_dir in (("trained", args.out), ("untrained", str(untrained))):
+            report[f"token_probe_{name}"] = token_probe(model_dir, train_scenes, test_scenes)
+            log(f"{name} token probe: " + json.dumps(report[f"token_probe_{name}"]))
     Path(args.report).write_text(json.dumps(report, indent=2))
     log(f"report -> {args.report}")
 
@@ -643,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vision-steps", type=int, default=600, help="--stage vision: steps")
     p.add_argument("--vision-batch", type=int, default=32, help="--stage vision: images per step")
     p.add_argument("--vision-lr", type=float, default=1e-3, help="--stage vision: peak learning rate")
+    p.add_argument("--image-size", type=int, help=f"model input size (default {MODEL_CONFIG['image_size']})")
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=120)
     p.add_argument("--steps", type=int, default=2000)
@@ -656,6 +766,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--attn-questions", type=int, default=400)
+    p.add_argument(
+        "--probe-scenes",
+        type=int,
+        default=300,
+        help="--stage evaluate: train scenes of the token probe (0: skip)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -66,3 +66,39 @@ def test_presence_labels_name_pairs_and_colours_of_visible_parts_only(script):
     body = pairs.index(("mug", "body"))
     assert labels.shape == (n * (1 + len(PALETTE)),)
     assert on == {body, n + body * len(PALETTE) + list(PALETTE).index("red")}
+
+
+def test_init_from_at_a_larger_image_size_resamples_the_position_grid(script, tmp_path):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from part_point_ros.backbones.tiny import build_tiny_llava
+
+    old_dir = build_tiny_llava(tmp_path / "old", seed=5, vocab_words=["mug"], **script.MODEL_CONFIG)
+    new_dir = script.build_initial(tmp_path / "new", seed=0, init_from=str(old_dir), image_size=160)
+    old = LlavaForConditionalGeneration.from_pretrained(old_dir).state_dict()
+    model = LlavaForConditionalGeneration.from_pretrained(new_dir)
+    new = model.state_dict()
+    pos = "model.vision_tower.embeddings.position_embedding.weight"
+    assert old[pos].shape[0] == 1 + 14 * 14 and new[pos].shape[0] == 1 + 20 * 20
+    assert torch.equal(new[pos][0], old[pos][0])  # the class token's row is kept
+    # the grid is resampled, not re-initialised: corners stay near the old corners
+    old_grid, new_grid = old[pos][1:].reshape(14, 14, -1), new[pos][1:].reshape(20, 20, -1)
+    for (oi, oj), (ni, nj) in (((0, 0), (0, 0)), ((13, 13), (19, 19)), ((0, 13), (0, 19))):
+        near = torch.nn.functional.cosine_similarity(new_grid[ni, nj], old_grid[oi, oj], dim=0)
+        far = torch.nn.functional.cosine_similarity(new_grid[ni, nj], old_grid[13 - oi, 13 - oj], dim=0)
+        assert near > 0.5 and near > far
+    # and the model runs on the 20 x 20 grid it now has
+    assert model.config.image_seq_length == 400
+    processor = AutoProcessor.from_pretrained(new_dir)
+    from PIL import Image
+
+    inputs = processor(
+        images=[Image.new("RGB", (160, 120))], text=["USER: <image>\nmug ASSISTANT:"], return_tensors="pt"
+    )
+    assert inputs["pixel_values"].shape[-2:] == (160, 160)
+    assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+
+
+def test_resample_positions_rejects_tables_that_are_not_square_grids(script):
+    with pytest.raises(SystemExit, match="not 1 \\+ square grids"):
+        script.resample_positions(torch.zeros(1 + 12, 4), 1 + 16)
