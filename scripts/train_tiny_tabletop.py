@@ -16,10 +16,14 @@ Stages (each resumable; everything is deterministic in ``--seed``):
 2b. ``vision``: pretrain the vision tower on image-level presence labels (which coloured parts are in
    the image, never where) through a smooth-maximum-pooled linear probe; saves ``<run>/vision``.
 3. ``ship``: save fp16 with ``save_pretrained`` (model, processor, tokenizer, chat template).
-4. ``evaluate``: held-out accuracy per question kind against blind baselines, and the localisation
-   of the last token's attention on the asked part, read through ``registry.load_backbone``.
+4. ``evaluate``: held-out accuracy per question kind against blind baselines, the localisation
+   of the last token's attention on the asked part (read through ``registry.load_backbone``), and a
+   linear probe of the part under each image token (vision features, keys of the last two layers).
 
-    python scripts/train_tiny_tabletop.py   # stage 1 of the shipped model (docs/tiny_tabletop.md: all 4)
+``--image-size`` (default 112) sets the model's input size; going on from a model of another size
+resamples its position grid (the shipped model: 112 px for stages 1-4, then 160 px).
+
+    python scripts/train_tiny_tabletop.py   # stage 1 of the shipped model (docs/tiny_tabletop.md: all 6)
 """
 
 from __future__ import annotations
@@ -490,7 +494,8 @@ def pretrain_vision(args) -> None:
     log(f"vision pretraining: {len(facts)} images, {labels.shape[1]} labels, val F1 {evaluate_probe():.3f}")
     rng = np.random.default_rng([args.seed, 99])
     t0 = time.time()
-    for step in range(1, args.vision_steps + 1):
+    last = min(args.vision_steps, args.stop_after or args.vision_steps)  # the schedule is --vision-steps long
+    for step in range(1, last + 1):
         idx = rng.choice(len(facts), size=args.vision_batch, replace=False)
         for g in opt.param_groups:
             g["lr"] = lr_at(step - 1, args.vision_steps, args.vision_lr, 50)
@@ -504,7 +509,7 @@ def pretrain_vision(args) -> None:
         if step % args.log_every == 0:
             log(f"vision step {step} loss {loss.item():.4f} {args.log_every / (time.time() - t0):.2f} step/s")
             t0 = time.time()
-        if step % args.eval_every == 0 or step == args.vision_steps:
+        if step % args.eval_every == 0 or step == last:
             log(f"vision step {step} val F1 {evaluate_probe():.3f}")
             model.save_pretrained(out)  # the latest tower is usable while training goes on
             processor.save_pretrained(out)
@@ -747,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", type=int, default=150, help="val scenes (seeds 100000..)")
     p.add_argument("--test", type=int, default=250, help="test scenes (seeds 200000..)")
     p.add_argument("--init-from", default=None, help="go on from this trained model (vocabulary may grow)")
-    p.add_argument("--stop-after", type=int, help="--stage train: stop at this step (schedule of --steps)")
+    p.add_argument("--stop-after", type=int, help="--stage train / vision: stop at this step of the schedule")
     p.add_argument("--freeze-vision", action="store_true", help="--stage train: keep the vision tower fixed")
     p.add_argument("--vision-steps", type=int, default=600, help="--stage vision: steps")
     p.add_argument("--vision-batch", type=int, default=32, help="--stage vision: images per step")

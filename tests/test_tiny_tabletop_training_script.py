@@ -102,3 +102,29 @@ def test_init_from_at_a_larger_image_size_resamples_the_position_grid(script, tm
 def test_resample_positions_rejects_tables_that_are_not_square_grids(script):
     with pytest.raises(SystemExit, match="not 1 \\+ square grids"):
         script.resample_positions(torch.zeros(1 + 12, 4), 1 + 16)
+
+
+def test_token_probe_reads_the_part_under_image_tokens_of_the_shipped_backbone(script):
+    """The evaluation probe runs on the shipped model through the adapter and scores above chance:
+    its vision features name the part under a token (measured with 300/100 scenes: 0.44 of part
+    tokens; here, 100/20 scenes)."""
+    import numpy as np
+
+    from part_point_ros.sim import render_scene
+    from part_point_ros.sim.vqa import SceneFacts
+
+    def scenes(seeds):
+        rendered = [render_scene(s, width=160, height=120) for s in seeds]
+        rgb = np.stack([s.rgb for s in rendered])
+        return rgb, np.stack([s.part_ids for s in rendered]), [SceneFacts.from_scene(s) for s in rendered]
+
+    report = script.token_probe(
+        str(ROOT / "models" / "tiny-tabletop-llava"),
+        scenes(range(100)),
+        scenes(range(200_000, 200_020)),
+        steps=150,
+    )
+    vision, keys = report["vision tower"], report["keys, last two layers"]
+    assert report["train_tokens"] > 100 * 200 and vision["pairs_scored"] >= 3
+    assert 0.0 <= keys["accuracy_on_part_tokens"] <= 1.0
+    assert vision["accuracy_on_part_tokens"] > 3 * vision["chance_mean_recall"], report
