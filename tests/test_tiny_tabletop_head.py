@@ -53,5 +53,5 @@ def test_shipped_head_points_at_the_asked_region_above_chance_on_held_out_scenes
         on_image = cells_on_image(result.grid)
         chance.append(float((result.grid.resample_mask(mask)[on_image] > 0).mean()))
     assert len(hits) >= 80
-    # measured on these seeds: patch hits 0.068 (9 of 132) against 0.022 for a random patch
-    assert np.mean(hits) >= 2.0 * np.mean(chance), (np.mean(hits), np.mean(chance), len(hits))
+    # measured on these seeds: patch hits 0.136 (18 of 132) against 0.022 for a random patch
+    assert np.mean(hits) >= 3.0 * np.mean(chance), (np.mean(hits), np.mean(chance), len(hits))
