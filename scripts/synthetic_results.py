@@ -8,7 +8,7 @@ selection). Attention pointing runs live on the backbone. Writes ``<out>/results
 ``<out>/results.md`` (the README table) and prints the table.
 
     part-point cache --config config/train_synthetic_tabletop.yaml
-    python scripts/synthetic_results.py --jobs 2            # about 40 minutes on 2 cores
+    python scripts/synthetic_results.py --jobs 2            # about 60 minutes on 2 cores
     python scripts/synthetic_results.py --only full,no_a2p   # a subset
     python scripts/synthetic_results.py --validation         # the trained rows on the validation seeds
 

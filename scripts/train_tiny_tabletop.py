@@ -132,11 +132,13 @@ def build_initial(out: Path, seed: int, init_from: str | None = None, image_size
     """A fresh model with today's vocabulary; with ``init_from`` (a trained model directory of the
     same architecture), every weight is copied from it, token rows matched by their word (words it
     did not know keep their fresh random rows): training goes on with a grown vocabulary.
-    ``image_size`` (default ``MODEL_CONFIG``'s) may differ from ``init_from``'s: the vision tower's
-    position embeddings are then resampled to the new patch grid (bicubic, as ViTs are fine-tuned
-    at a higher resolution) and the model sees more image tokens of the same patch size."""
+    ``image_size`` (default: ``init_from``'s, else ``MODEL_CONFIG``'s) may differ from ``init_from``'s:
+    the vision tower's position embeddings are then resampled to the new patch grid (bicubic, as ViTs
+    are fine-tuned at a higher resolution) and the model sees more image tokens of the same patch size."""
     from part_point_ros.backbones.tiny import build_tiny_llava
 
+    if image_size is None and init_from is not None:
+        image_size = model_image_size(init_from)
     config = {**MODEL_CONFIG, **({"image_size": image_size} if image_size else {})}
     path = build_tiny_llava(out, seed=seed, vocab_words=vocabulary(), **config)
     if init_from is None:
@@ -166,6 +168,11 @@ def build_initial(out: Path, seed: int, init_from: str | None = None, image_size
     model.save_pretrained(path)
     log(f"initialised from {init_from}: {len(rows)} of {len(new_vocab)} token rows carried over")
     return path
+
+
+def model_image_size(model_dir: str | Path) -> int:
+    """The input size of a saved LLaVA model (its vision tower's ``image_size``)."""
+    return int(json.loads((Path(model_dir) / "config.json").read_text())["vision_config"]["image_size"])
 
 
 def resample_positions(table: torch.Tensor, count: int) -> torch.Tensor:
@@ -717,7 +724,7 @@ def evaluate(args) -> None:
     report["blind"] = blind_baselines(train_facts, facts)
     untrained = Path(args.run) / "random"  # the architecture with fresh random weights
     if not (untrained / "config.json").exists():
-        build_initial(untrained, args.seed, image_size=args.image_size)
+        build_initial(untrained, args.seed, image_size=args.image_size or model_image_size(args.out))
     for name, model_dir in (("trained", args.out), ("untrained", str(untrained))):
         model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
         processor = AutoProcessor.from_pretrained(model_dir)
@@ -757,7 +764,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vision-steps", type=int, default=600, help="--stage vision: steps")
     p.add_argument("--vision-batch", type=int, default=32, help="--stage vision: images per step")
     p.add_argument("--vision-lr", type=float, default=1e-3, help="--stage vision: peak learning rate")
-    p.add_argument("--image-size", type=int, help=f"model input size (default {MODEL_CONFIG['image_size']})")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help=f"model input size (default: --init-from's, else {MODEL_CONFIG['image_size']})",
+    )
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=120)
     p.add_argument("--steps", type=int, default=2000)

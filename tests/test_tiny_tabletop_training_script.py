@@ -128,3 +128,18 @@ def test_token_probe_reads_the_part_under_image_tokens_of_the_shipped_backbone(s
     assert report["train_tokens"] > 100 * 200 and vision["pairs_scored"] >= 3
     assert 0.0 <= keys["accuracy_on_part_tokens"] <= 1.0
     assert vision["accuracy_on_part_tokens"] > 3 * vision["chance_mean_recall"], report
+
+
+def test_init_from_keeps_the_image_size_of_the_model_it_goes_on_from(script, tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    from part_point_ros.backbones.tiny import build_tiny_llava
+
+    old_dir = build_tiny_llava(
+        tmp_path / "old", seed=5, vocab_words=["mug"], **{**script.MODEL_CONFIG, "image_size": 160}
+    )
+    new_dir = script.build_initial(tmp_path / "new", seed=0, init_from=str(old_dir))  # no image_size given
+    old = LlavaForConditionalGeneration.from_pretrained(old_dir).state_dict()
+    new = LlavaForConditionalGeneration.from_pretrained(new_dir).state_dict()
+    pos = "model.vision_tower.embeddings.position_embedding.weight"
+    assert new[pos].shape[0] == 1 + 20 * 20 and torch.equal(new[pos], old[pos])
