@@ -12,9 +12,9 @@ selection). Attention pointing runs live on the backbone. Writes ``<out>/results
     python scripts/synthetic_results.py --only full,no_a2p   # a subset
     python scripts/synthetic_results.py --validation         # the trained rows on the validation seeds
 
-``--validation`` scores the heads the table trained on a validation feature cache (``--val-cache``,
-built by ``part-point cache --split eval cache_dir=... eval_data.args.split=val``): that, never the
-test table, is what chooses the shipped head. Writes ``<out>/validation.{json,md}``.
+``--validation`` scores the heads the table trained on a validation feature cache (``--val-cache``:
+its ``eval/`` was built by ``part-point cache --split eval cache_dir=... eval_data.args.split=val``):
+that, never the test table, is what chooses the shipped head. Writes ``<out>/validation.{json,md}``.
 """
 
 from __future__ import annotations
@@ -75,32 +75,18 @@ def attention_row(config_path: str, overrides: list[str], out: str, threads: int
     return {"name": "attention", "overrides": [], **outcome.summary["attention"]["overall"]}
 
 
-def validation_rows(names: list[str], out: str, val_cache: str) -> list[dict]:
-    """Each trained row's head on the validation cache (same peak and pixel mapping as the table)."""
-    import numpy as np
+def validation_row(config_path: str, name: str, overrides: list[str], out: str, val_cache_dir: str) -> dict:
+    """A trained row's head on the validation features: ``run_evaluation`` from the cache at
+    ``val_cache_dir`` (same head/cache checks, peak and pixel mapping as the test table)."""
+    from part_point_ros.training.config import load_config
+    from part_point_ros.training.evaluate import run_evaluation
 
-    from part_point_ros.heads import PartPointHead
-    from part_point_ros.training.evaluate import predict_from_cache
-    from part_point_ros.training.feature_cache import FeatureCache
-
-    rows = []
-    for name in names:
-        head_dir = Path(out) / name / "head"
-        if not (head_dir / "model.safetensors").is_file():
-            raise SystemExit(f"{head_dir}: not trained yet; run the table first (without --validation)")
-        head = PartPointHead.from_pretrained(head_dir)
-        cache = FeatureCache(val_cache)
-        cache.use_heads(cache.cached_heads[: head.config.k])
-        records = predict_from_cache(head, cache)
-        rows.append(
-            {
-                "name": name,
-                "accuracy": float(np.mean([r.hit for r in records])),
-                "patch_accuracy": float(np.mean([r.patch_hit for r in records])),
-                "n": len(records),
-            }
-        )
-    return rows
+    run_dir = Path(out) / name
+    if not (run_dir / "head" / "model.safetensors").is_file():
+        raise SystemExit(f"{run_dir / 'head'}: not trained yet; run the table first (without --validation)")
+    config = load_config(config_path, [*overrides, f"out_dir={run_dir}", f"cache_dir={val_cache_dir}"])
+    outcome = run_evaluation(config, methods=["a2p"], from_cache=True, out_dir=run_dir / "eval_validation")
+    return {"name": name, "overrides": overrides, **outcome.summary["a2p"]["overall"]}
 
 
 def table(rows: list[dict], n_train: int, queries: str = "test queries") -> str:
@@ -127,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every row")
     p.add_argument("--validation", action="store_true", help="score the trained rows on --val-cache instead")
     p.add_argument(
-        "--val-cache", default="runs/synthetic_tabletop/cache_val/eval", help="validation features"
+        "--val-cache",
+        default="runs/synthetic_tabletop/cache_val",
+        help="cache_dir of the validation features",
     )
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -141,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, args.set)
     n_train = len(FeatureCache(config.cache_path("train")))
     if args.validation:
-        rows = validation_rows([n for n in names if n != "attention"], args.out, args.val_cache)
+        rows = [
+            validation_row(args.config, n, [*args.set, *VARIANTS[n][1]], args.out, args.val_cache)
+            for n in names
+            if n != "attention"
+        ]
         md = table(rows, n_train, queries="validation queries")
         (Path(args.out) / "validation.json").write_text(
             json.dumps({"n_train": n_train, "rows": rows}, indent=2)

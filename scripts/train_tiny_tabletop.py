@@ -657,13 +657,15 @@ def token_probe(model_dir: str, train_data, test_data, *, steps: int = 400, min_
         rgb, part_ids, facts = data
         feats: dict[str, list[torch.Tensor]] = {"vision tower": [], "keys, last two layers": []}
         labels = []
-        seen: list[torch.Tensor] = []
-        tower = adapter.model.model.vision_tower  # its last layer is what LLaVA passes on (feature layer -1)
-        hook = tower.register_forward_hook(lambda _m, _i, out: seen.append(out.last_hidden_state[0, 1:]))
+        seen: dict[str, torch.Tensor] = {}
+        layer = adapter.model.config.vision_feature_layer  # the layer LLaVA passes on (CLS dropped below)
+        hook = adapter.model.model.vision_tower.register_forward_hook(
+            lambda _m, _i, out: seen.update(tokens=out.hidden_states[layer][0, 1:])
+        )
         try:
             for i, f in enumerate(facts):
                 cap = adapter.capture(rgb[i], "what colour is the mug?", heads)
-                feats["vision tower"].append(seen[-1].detach())
+                feats["vision tower"].append(seen["tokens"].detach())
                 keys = cap.image_keys  # (k, P, d)
                 feats["keys, last two layers"].append(
                     keys.permute(1, 0, 2).reshape(keys.shape[1], -1)
@@ -719,7 +721,7 @@ def evaluate(args) -> None:
 
     cache = Path(args.cache)
     rgb, part_ids, facts = load_cache(cache, "test", args.test)
-    _, _, train_facts = load_cache(cache, "train", args.train)
+    train_rgb, train_ids, train_facts = load_cache(cache, "train", args.train)
     report: dict = {"test_seeds": f"{SPLIT_SEEDS['test'][0]}:{SPLIT_SEEDS['test'][0] + args.test}"}
     report["blind"] = blind_baselines(train_facts, facts)
     untrained = Path(args.run) / "random"  # the architecture with fresh random weights
@@ -739,7 +741,8 @@ def evaluate(args) -> None:
         )
         log(f"{name} attention: " + json.dumps(report[f"attention_{name}"]["heads"][:4]))
     if args.probe_scenes:
-        train_scenes = load_cache(cache, "train", args.probe_scenes)
+        n = min(args.probe_scenes, len(train_facts))  # the first --train scenes are loaded
+        train_scenes = (train_rgb[:n], train_ids[:n], train_facts[:n])
         test_scenes = (rgb[:100], part_ids[:100], facts[:100])
         for name, model_dir in (("trained", args.out), ("untrained", str(untrained))):
             report[f"token_probe_{name}"] = token_probe(model_dir, train_scenes, test_scenes)

@@ -162,8 +162,8 @@ def run_evaluation(
         if method == "a2p" and from_cache:
             head = PartPointHead.from_pretrained(head_dir, device=device)
             cache = FeatureCache(config.cache_path("eval"))
-            cache.check_matches(heads=head.config.head_refs, upscale=head.config.upscale)
-            cache.use_heads(head.config.head_refs)
+            cache.check_matches(upscale=head.config.upscale)
+            cache.use_heads(head.config.head_refs)  # checks them: the first k cached heads
             backbone_name = backbone_name or cache.backbone["name"]
             limit = max_samples or config.eval_max_samples
             records += predict_from_cache(head, cache, device=device, max_samples=limit)

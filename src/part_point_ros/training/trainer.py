@@ -74,10 +74,9 @@ def open_train_cache(config: TrainConfig, split: str = "train") -> FeatureCache:
     """The cache of ``split``, checked against the config's backbone, heads and heatmap upscale."""
     cache = FeatureCache(config.cache_path(split))
     n_upsample = config.head.get("n_upsample", _default("n_upsample"))
-    heads = config.head_refs() if config.heads else None
-    cache.check_matches(backbone=config.backbone or None, heads=heads, upscale=2 ** int(n_upsample))
-    if heads is not None:
-        cache.use_heads(heads)
+    cache.check_matches(backbone=config.backbone or None, upscale=2 ** int(n_upsample))
+    if config.heads:
+        cache.use_heads(config.head_refs())  # checks them: the first k cached heads
     return cache
 
 
