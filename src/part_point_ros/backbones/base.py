@@ -150,6 +150,12 @@ class BackboneAdapter(ABC):
         return self.generate_with_grid(image, instruction, max_new_tokens=max_new_tokens)[0]
 
     @property
+    def pointing_format(self) -> str:
+        """The text-pointing format (prompt and answer) of this checkpoint: its family's, unless its
+        config names another (``config.pointing_format``: the tiny-tabletop LLaVA answers like Molmo)."""
+        return str(getattr(self.model.config, "pointing_format", None) or self.info.family)
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

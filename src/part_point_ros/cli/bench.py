@@ -127,7 +127,7 @@ def run_bench(
         mask = torch.ones(q.shape[:1] + q.shape[2:3], dtype=torch.bool, device=q.device)  # (1, L)
         keys, values = capture.image_keys.unsqueeze(0), capture.image_values.unsqueeze(0)  # (1, k, P, d)
 
-        prompt = text_prompt(info.family, QUERY)
+        prompt = text_prompt(adapter.pointing_format, QUERY)
         inputs, _ = adapter.prepare(image, adapter.build_prompt(prompt))
         generated = {"n": 0}
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from part_point_ros.cli import train_commands
+from part_point_ros.cli import backbone_commands, train_commands
 
 PROG = "part-point"
 # Verbs other parts of the project will fill in; until then they say so and exit 2.
@@ -113,10 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run with a tiny UNTRAINED backbone and head built on the fly (checks the plumbing only)",
     )
+    demo.add_argument(
+        "--score-threshold",
+        type=float,
+        help="part_point_node's score_threshold (default: config/part_point.yaml's; -1: the method's)",
+    )
     demo.add_argument("--timeout", type=float, help="longest wait for one step, seconds (default 60)")
     demo.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID (default: a private one, 101..200)")
 
     COMMANDS.update(train_commands.register(sub))
+    COMMANDS.update(backbone_commands.register(sub))
     for verb, issue in PLACEHOLDER_ISSUES.items():
         holder = sub.add_parser(verb, help=f"not implemented yet (issue {issue})")
         holder.add_argument("rest", nargs=argparse.REMAINDER)

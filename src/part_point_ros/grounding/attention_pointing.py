@@ -40,17 +40,19 @@ def head_attention_maps(capture: Capture) -> np.ndarray:
     return attn.reshape(attn.shape[0], rows, cols)  # (k, P) -> (k, rows, cols)
 
 
-def cells_on_image(grid) -> np.ndarray:
-    """(rows, cols) bool: grid cells that cover some of the original image (not only padding).
+def cells_on_image(grid, upscale: int = 1) -> np.ndarray:
+    """(rows·s, cols·s) bool, s = ``upscale``: cells of the token grid (s = 1) or of a map s times
+    finer (the a2p heatmap) that cover some of the original image (not only padding).
 
     From the grid geometry alone (the image's corners in grid coordinates): no per-request warp.
     """
     width, height = grid.orig_size
     gx0, gy0 = grid.pixel_to_grid(0.0, 0.0)
     gx1, gy1 = grid.pixel_to_grid(float(width), float(height))
-    cols, rows = np.arange(grid.cols), np.arange(grid.rows)
-    on_cols = (cols + 1 > gx0) & (cols < gx1)  # cell [c, c + 1) overlaps [gx0, gx1)
-    on_rows = (rows + 1 > gy0) & (rows < gy1)
+    cols, rows = np.arange(grid.cols * upscale), np.arange(grid.rows * upscale)
+    # cell c covers [c / s, (c + 1) / s) in grid coordinates: on the image if that overlaps [gx0, gx1)
+    on_cols = ((cols + 1) / upscale > gx0) & (cols / upscale < gx1)
+    on_rows = ((rows + 1) / upscale > gy0) & (rows / upscale < gy1)
     return on_rows[:, None] & on_cols[None, :]
 
 

@@ -2,10 +2,15 @@
 
 Coordinates are (row, col) of the map, continuous where refined; pixel (i, j) is the CENTRE of cell
 (i, j), which is what ``ImageGrid.heatmap_to_pixel`` expects.
+
+``valid`` (a bool map of the same shape, optional): only those cells can be peaks, and the sub-pixel
+refinement treats the others like the map's border (e.g. the cells of a pad-to-square map that lie
+wholly in the padding: ``attention_pointing.cells_on_image``). NaN cells are never peaks either.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -28,6 +33,17 @@ def _as_map(values: np.ndarray) -> np.ndarray:
     return arr
 
 
+def _masked(values: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """The map as float64, NaN outside ``valid``."""
+    arr = _as_map(values)
+    if valid is None:
+        return arr
+    valid = np.asarray(valid, dtype=bool)
+    if valid.shape != arr.shape:
+        raise ValueError(f"valid mask has shape {valid.shape} but the map has {arr.shape}")
+    return np.where(valid, arr, np.nan)
+
+
 def gaussian_smooth(values: np.ndarray, *, sigma: float = 1.0, size: int = 7) -> np.ndarray:
     """``size`` x ``size`` Gaussian blur with ``sigma`` (Kang et al.: 7x7, sigma 1), reflected borders."""
     arr = np.asarray(values, dtype=np.float32)
@@ -36,43 +52,51 @@ def gaussian_smooth(values: np.ndarray, *, sigma: float = 1.0, size: int = 7) ->
     return cv2.GaussianBlur(arr, (size, size), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
 
 
-def argmax_peak(values: np.ndarray) -> Peak:
-    """The highest cell (the first one in row-major order on ties). NaN cells are ignored."""
-    arr = _as_map(values)
+def argmax_peak(values: np.ndarray, valid: np.ndarray | None = None) -> Peak:
+    """The highest cell (the first one in row-major order on ties). NaN cells and cells outside
+    ``valid`` are ignored."""
+    arr = _masked(values, valid)
     if np.isnan(arr).all():
-        raise ValueError("the map is all NaN")
+        raise ValueError("the map is all NaN (or has no valid cell)")
     flat = int(np.nanargmax(arr))
     row, col = divmod(flat, arr.shape[1])  # (H*W,) index -> (row, col)
     return Peak(float(row), float(col), float(arr[row, col]))
 
 
-def subpixel_offset(values: np.ndarray, row: int, col: int, *, eps: float = 1e-6) -> tuple[float, float]:
+def subpixel_offset(
+    values: np.ndarray, row: int, col: int, *, eps: float = 1e-6, valid: np.ndarray | None = None
+) -> tuple[float, float]:
     """LENS S1.2: one regularised Newton step on the 3x3 finite-difference Taylor model at (row, col).
 
     delta = -(H + eps I)^-1 g, clipped component-wise to [-1, 1]; a diagonal fallback
     delta_x = -Dx / (Dxx + eps) is used when H + eps I is ill-conditioned (or the step is not
-    finite). Along an axis where (row, col) is on the border there is no central difference and the
-    offset on that axis is 0. Returns (d_row, d_col).
+    finite). Along an axis where (row, col) is on the border, or a neighbour on that axis is
+    outside ``valid`` / not finite, there is no central difference and the offset on that axis is 0
+    (so the step never goes toward an invalid cell). Returns (d_row, d_col).
     """
-    arr = _as_map(values)
+    arr = _masked(values, valid)
     h, w = arr.shape
     r, c = int(row), int(col)
-    on_x = 0 < c < w - 1
-    on_y = 0 < r < h - 1
 
     def v(dr: int, dc: int) -> float:
         return float(arr[min(max(r + dr, 0), h - 1), min(max(c + dc, 0), w - 1)])
 
+    def has(dr: int, dc: int) -> bool:
+        return 0 <= r + dr < h and 0 <= c + dc < w and math.isfinite(v(dr, dc))
+
+    on_x = has(0, -1) and has(0, 1)
+    on_y = has(-1, 0) and has(1, 0)
+    corners = on_x and on_y and all(has(dr, dc) for dr in (-1, 1) for dc in (-1, 1))
     v0 = v(0, 0)
     dx = 0.5 * (v(0, 1) - v(0, -1)) if on_x else 0.0
     dy = 0.5 * (v(1, 0) - v(-1, 0)) if on_y else 0.0
     dxx = v(0, 1) - 2 * v0 + v(0, -1) if on_x else 0.0
     dyy = v(1, 0) - 2 * v0 + v(-1, 0) if on_y else 0.0
-    dxy = 0.25 * (v(1, 1) + v(-1, -1) - v(1, -1) - v(-1, 1)) if on_x and on_y else 0.0
+    dxy = 0.25 * (v(1, 1) + v(-1, -1) - v(1, -1) - v(-1, 1)) if corners else 0.0
     g = np.array([dx, dy])
     hess = np.array([[dxx, dxy], [dxy, dyy]]) + eps * np.eye(2)
     delta = None
-    if on_x and on_y and np.isfinite(hess).all() and np.linalg.cond(hess) < 1e6:
+    if corners and np.isfinite(hess).all() and np.linalg.cond(hess) < 1e6:
         step = -np.linalg.solve(hess, g)
         if np.isfinite(step).all():
             delta = step
@@ -84,9 +108,11 @@ def subpixel_offset(values: np.ndarray, row: int, col: int, *, eps: float = 1e-6
     return float(delta[1]), float(delta[0])
 
 
-def refine_peak(values: np.ndarray, peak: Peak, *, eps: float = 1e-6) -> Peak:
+def refine_peak(
+    values: np.ndarray, peak: Peak, *, eps: float = 1e-6, valid: np.ndarray | None = None
+) -> Peak:
     """``peak`` moved by ``subpixel_offset``; the value stays that of the integer cell."""
-    d_row, d_col = subpixel_offset(values, int(peak.row), int(peak.col), eps=eps)
+    d_row, d_col = subpixel_offset(values, int(peak.row), int(peak.col), eps=eps, valid=valid)
     return Peak(peak.row + d_row, peak.col + d_col, peak.value)
 
 
@@ -98,13 +124,15 @@ def nms_peaks(
     min_value: float = 0.0,
     subpixel: bool = False,
     eps: float = 1e-6,
+    valid: np.ndarray | None = None,
 ) -> list[Peak]:
     """LENS S1.1 NMS: take the highest cell, suppress everything within Euclidean ``radius`` cells,
     repeat until no value exceeds ``min_value`` or ``max_points`` are taken. Highest first.
+    Only cells in ``valid`` (default: all) are taken.
 
     Sub-pixel refinement (if asked) uses the ORIGINAL map, not the suppressed one.
     """
-    arr = _as_map(values)
+    arr = _masked(values, valid)
     if max_points < 1:
         raise ValueError(f"max_points must be >= 1, got {max_points}")
     work = np.where(np.isnan(arr), -np.inf, arr)
@@ -116,6 +144,6 @@ def nms_peaks(
         if not work[r, c] > min_value:
             break
         peak = Peak(float(r), float(c), float(arr[r, c]))
-        peaks.append(refine_peak(arr, peak, eps=eps) if subpixel else peak)
+        peaks.append(refine_peak(arr, peak, eps=eps) if subpixel else peak)  # arr: NaN off ``valid``
         work[(rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = -np.inf
     return peaks

@@ -2,7 +2,10 @@
 
 - ``a2p``: ONE truncated prefill captures Q/K/V of the head's localization heads (decoder layers past
   the deepest one are never loaded), the trained ``PartPointHead`` gives a heatmap at 4x the token
-  grid, its peak (LENS sub-pixel refined) is mapped to original pixels.
+  grid, its peak (LENS sub-pixel refined) is mapped to original pixels (``decode_a2p``, shared with
+  the evaluation from cached features). Heatmap cells wholly in the processor's padding
+  (pad-to-square) are masked out before the softmax and never win; a point from a cell only partly
+  on the image is clamped onto it, so every point has 0 <= x <= W - 1 and 0 <= y <= H - 1.
   ``score`` = mean over the k heads of sigmoid(q_s·K_v/√d_h) at the grid cell under the peak: the
   patch-level probability that L_bce trains, so 0.5 is a natural ``found`` threshold.
 - ``attention``: the Kang et al. baseline on the localization heads (``attention_pointing``).
@@ -26,7 +29,12 @@ import torch
 
 from part_point_ros.backbones.base import BackboneAdapter, BackboneInfo
 from part_point_ros.errors import CheckpointError, HeadMismatchError, InputError
-from part_point_ros.grounding.attention_pointing import attention_heatmap, clamp_to_image, peak_share
+from part_point_ros.grounding.attention_pointing import (
+    attention_heatmap,
+    cells_on_image,
+    clamp_to_image,
+    peak_share,
+)
 from part_point_ros.grounding.inputs import MAX_QUERY_CHARS, check_image, check_query
 from part_point_ros.grounding.localization_heads import HeadsFile, known_heads_name, load_heads
 from part_point_ros.grounding.peaks import Peak, argmax_peak, nms_peaks, refine_peak
@@ -86,6 +94,91 @@ def _check_heads_fit(heads: Sequence[HeadRef], info: BackboneInfo, what: str) ->
                 f"{what} lists head {ref} but backbone {info.name!r} has {info.num_layers} layers x "
                 f"{info.num_heads} heads: the heads were made for another backbone"
             )
+
+
+def find_peaks(
+    heatmap: np.ndarray,
+    valid: np.ndarray | None = None,
+    *,
+    subpixel: bool,
+    max_points: int = 5,
+    nms_radius: float = 4.0,
+    rel_threshold: float = 0.5,
+) -> list[Peak]:
+    """The best peak (sub-pixel refined if asked), then up to ``max_points - 1`` more NMS peaks above
+    ``rel_threshold`` x the best value; only cells in ``valid`` (default: all) can be peaks."""
+    if max_points < 1:
+        raise ValueError(f"max_points must be >= 1, got {max_points}")
+    best = argmax_peak(heatmap, valid)
+    if subpixel:
+        best = refine_peak(heatmap, best, valid=valid)
+    if max_points == 1:
+        return [best]
+    others = nms_peaks(
+        heatmap,
+        radius=nms_radius,
+        max_points=max_points,
+        min_value=rel_threshold * best.value,
+        subpixel=subpixel,
+        valid=valid,
+    )
+    return [best, *others[1:]]
+
+
+def clamp_into_image(grid: ImageGrid, x: float, y: float) -> tuple[float, float]:
+    """(x, y) moved into [0, W - 1] x [0, H - 1] of the original image."""
+    width, height = grid.orig_size
+    return min(max(float(x), 0.0), width - 1.0), min(max(float(y), 0.0), height - 1.0)
+
+
+def decode_a2p(
+    heatmap_logits: torch.Tensor,
+    attn_logits: torch.Tensor,
+    grid: ImageGrid,
+    upscale: int,
+    *,
+    subpixel: bool = True,
+    max_points: int = 1,
+    nms_radius: float = 4.0,
+    rel_threshold: float = 0.5,
+) -> tuple[np.ndarray, list[tuple[float, float, float]]]:
+    """One sample's head output -> (heatmap, points): THE a2p decoding, for ``PartPointer`` and for
+    the evaluation from cached features alike.
+
+    ``heatmap_logits``: (s·rows, s·cols), s = ``upscale``; ``attn_logits``: (k, P) patch logits.
+    The heatmap is the softmax over the cells that cover some of the original image (cells wholly
+    in pad-to-square padding get probability 0 and are never peaks); points are (x, y, score) in
+    original pixels, best first, clamped into [0, W - 1] x [0, H - 1]; score = mean over the k
+    heads of sigmoid(attn logit) at the (on-image) token-grid cell under the peak.
+    """
+    logits = heatmap_logits.float()
+    expected = (grid.rows * upscale, grid.cols * upscale)
+    if tuple(logits.shape) != expected:
+        raise ValueError(f"heatmap is {tuple(logits.shape)} but the grid x upscale is {expected}")
+    valid = cells_on_image(grid, upscale)  # (s·rows, s·cols) bool
+    masked = logits.masked_fill(~torch.from_numpy(valid).to(logits.device), float("-inf"))
+    prob = masked.flatten().softmax(0).reshape(logits.shape).cpu().numpy()  # (s·rows·s·cols,) -> map
+    patch_prob = attn_logits.float().sigmoid().mean(0).cpu().numpy()  # (k, P) -> (P,)
+    on_cells = cells_on_image(grid)  # (rows, cols): the score's cell is one of these
+    on_rows, on_cols = np.flatnonzero(on_cells.any(1)), np.flatnonzero(on_cells.any(0))
+    peaks = find_peaks(
+        prob,
+        valid,
+        subpixel=subpixel,
+        max_points=max_points,
+        nms_radius=nms_radius,
+        rel_threshold=rel_threshold,
+    )
+
+    def cell_score(peak: Peak) -> float:
+        row = min(max(int((peak.row + 0.5) // upscale), int(on_rows[0])), int(on_rows[-1]))
+        col = min(max(int((peak.col + 0.5) // upscale), int(on_cols[0])), int(on_cols[-1]))
+        return float(patch_prob[row * grid.cols + col])  # row-major (rows, cols) -> (P,)
+
+    points = [
+        (*clamp_into_image(grid, *grid.heatmap_to_pixel(p.row, p.col, upscale)), cell_score(p)) for p in peaks
+    ]
+    return prob.astype(np.float32), points
 
 
 def _info_from_dict(data: dict[str, Any]) -> BackboneInfo | None:
@@ -233,19 +326,6 @@ class PartPointer:
         if self.backbone.device.type == "cuda":
             torch.cuda.synchronize(self.backbone.device)
 
-    def _peaks(self, heatmap: np.ndarray) -> tuple[Peak, list[Peak]]:
-        best = argmax_peak(heatmap)
-        if self.subpixel:
-            best = refine_peak(heatmap, best)
-        others = nms_peaks(
-            heatmap,
-            radius=self.nms_radius,
-            max_points=self.max_points,
-            min_value=self.points_rel_threshold * float(heatmap.max()),
-            subpixel=self.subpixel,
-        )
-        return best, [best, *others[1:]]
-
     def _point_a2p(self, image: np.ndarray, query: str) -> PointResult:
         capture = self.backbone.capture(image, query, self.heads, truncate=True)
         head_device = next(self.head.parameters()).device
@@ -258,29 +338,35 @@ class PartPointer:
         keys = capture.image_keys.unsqueeze(0)  # (k, P, d) -> (1, k, P, d)
         values = capture.image_values.unsqueeze(0)  # (k, P, d) -> (1, k, P, d)
         out = self.head(queries, mask, keys, values, (grid.rows, grid.cols))
-        logits = out.heatmap[0].float()  # (s·rows, s·cols)
-        prob = logits.flatten().softmax(0).reshape(logits.shape).cpu().numpy()  # (s·rows·s·cols,) -> map
-        patch_prob = out.attn_logits[0].float().sigmoid().mean(0).cpu().numpy()  # (k, P) -> (P,)
         upscale = self.head.config.upscale
-        best, peaks = self._peaks(prob)
-
-        def cell_score(peak: Peak) -> float:
-            row = min(max(int((peak.row + 0.5) // upscale), 0), grid.rows - 1)
-            col = min(max(int((peak.col + 0.5) // upscale), 0), grid.cols - 1)
-            return float(patch_prob[row * grid.cols + col])  # row-major (rows, cols) -> (P,)
-
-        points = [(*grid.heatmap_to_pixel(p.row, p.col, upscale), cell_score(p)) for p in peaks]
+        prob, points = decode_a2p(
+            out.heatmap[0],  # (s·rows, s·cols)
+            out.attn_logits[0],  # (k, P)
+            grid,
+            upscale,
+            subpixel=self.subpixel,
+            max_points=self.max_points,
+            nms_radius=self.nms_radius,
+            rel_threshold=self.points_rel_threshold,
+        )
         x, y, score = points[0]
         return PointResult(
             x=x, y=y, score=score, found=False, method="a2p", latency_ms=0.0, query=query,
-            heatmap=prob.astype(np.float32), grid=grid, upscale=upscale, points=points,
+            heatmap=prob, grid=grid, upscale=upscale, points=points,
         )  # fmt: skip
 
     def _point_attention(self, image: np.ndarray, query: str) -> PointResult:
         capture = self.backbone.capture(image, query, self.heads, truncate=True)
         grid = capture.grid
         heatmap = attention_heatmap(capture)
-        best, peaks = self._peaks(heatmap)
+        peaks = find_peaks(
+            heatmap,
+            cells_on_image(grid),
+            subpixel=self.subpixel,
+            max_points=self.max_points,
+            nms_radius=self.nms_radius,
+            rel_threshold=self.points_rel_threshold,
+        )
         # Kang et al. point at the argmax patch's centre; sub-pixel refinement is an option on top.
         points = [
             (*clamp_to_image(grid, *grid.heatmap_to_pixel(p.row, p.col, 1)), peak_share(heatmap, p))
@@ -293,7 +379,7 @@ class PartPointer:
         )  # fmt: skip
 
     def _point_text(self, image: np.ndarray, query: str) -> PointResult:
-        family = self.backbone.info.family
+        family = self.backbone.pointing_format  # the checkpoint's own format (config.pointing_format)
         prompt = text_prompt(family, query, mode=self.prompt_mode)
         answer, grid = self.backbone.generate_with_grid(image, prompt, max_new_tokens=self.max_new_tokens)
         height, width = image.shape[:2]

@@ -5,11 +5,24 @@ real ROS 2 over DDS) on a private ROS_DOMAIN_ID with discovery limited to this m
 talks to a robot on the LAN. Then, for each scene seed: switches the sim camera to it (its
 ``set_parameters`` service), checks that the published colour image equals ``render_scene(seed)``
 (so ground truth and camera cannot drift apart), picks queries from the latched ground truth on
-/sim_camera/ground_truth, asks /point_part for each as a service client and scores the answer:
-2D hit = the pixel lies in the query's part mask; 3D error = distance from the grasp point in
-base_link to the nearest ground-truth instance point. Writes to ``--out``: overlay and heatmap
-PNGs, summary.json / summary.md, params.yaml (the node parameters used) and session.mcap (the
-session's topics, readable by Foxglove and ``ros2 bag info``).
+/sim_camera/ground_truth, asks /point_part for each as a service client and scores the answer
+against the render:
+
+- 2D hit: the returned pixel lies in the query's part mask. It counts whether or not the node said
+  ``found`` (the score threshold decides ``found``, not the hit), so accuracy does not depend on it.
+- ``lift_error_mm`` (every answer with a 3D point): distance from the grasp point in base_link to
+  the renderer's true surface point at the returned pixel (its exact depth lifted with the camera's
+  intrinsics and pose). It measures the 3D lift alone (depth reading, plane fit, transform), not
+  the 2D choice.
+- ``part_surface_mm`` (hits with a 3D point): distance from the grasp point to the target part's
+  visible surface (its mask pixels lifted with their true depth); the summary gives the median and
+  the fraction within 5 mm.
+
+The node's score threshold is its own default (config/part_point.yaml) unless ``--score-threshold``
+says otherwise; the demo says which one it uses in one line at the start. An answer under it comes
+back ``found: false`` with its 2D point and score but no 3D point (part_point_node withholds it).
+Writes to ``--out``: overlay and heatmap PNGs, summary.json / summary.md, params.yaml (the node
+parameters used) and session.mcap (the session's topics, readable by Foxglove and ``ros2 bag info``).
 
     part-point demo --seeds 200000,200001 --queries-per-scene 3
 """
@@ -50,7 +63,7 @@ from part_point_ros.errors import CheckpointError, InputError, PartPointError
 from part_point_ros.msg import PartPointArray
 from part_point_ros.ros.bringup import Bringup, BringupOptions
 from part_point_ros.ros.conversions import image_to_numpy
-from part_point_ros.ros.params import default_config_path
+from part_point_ros.ros.params import PART_POINT_PARAMS, default_config_path
 from part_point_ros.ros.qos import latched_qos, results_qos, sensor_qos
 from part_point_ros.ros.recorder import McapRecorder
 from part_point_ros.srv import PointPart
@@ -63,6 +76,7 @@ CAMERA_RATE_HZ = 5.0  # enough for the demo, and it keeps the recording small
 PRIVATE_DOMAINS = (101, 100)  # ROS_DOMAIN_ID 101..200 (the tests use 1..100)
 STALE_RETRIES = 4  # answers on a frame of the previous scene are asked again
 OUTPUT_WAIT_S = 5.0  # a published heatmap / fused point arrives within this after the answer
+PART_SURFACE_TOL_MM = 5.0  # a hit's grasp point this close to the part's surface counts as on it
 _SOURCE_ROOT = Path(__file__).resolve().parents[3]
 _HOW_TO_GET = {
     DEFAULT_BACKBONE: "it ships in the repository's models/ (run from the checkout, e.g. scripts/demo.sh), "
@@ -123,6 +137,7 @@ class DemoOptions:
     params_file: Path | None = None  # node parameters to start from (default config/part_point.yaml)
     verbose: bool = False
     untrained: bool = False  # a tiny UNTRAINED backbone + head built on the fly: plumbing, not accuracy
+    score_threshold: float | None = None  # part_point_node's score_threshold; None = the params file's
     extra_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> name -> value
 
     def __post_init__(self) -> None:
@@ -138,6 +153,10 @@ class DemoOptions:
             raise InputError(f"timeout must be > 0 seconds, got {self.timeout}")
         if self.domain_id is not None and not 0 <= self.domain_id <= 232:
             raise InputError(f"domain_id must lie in 0..232, got {self.domain_id}")
+        if self.score_threshold is not None and not -1.0 <= self.score_threshold <= 1.0:
+            raise InputError(
+                f"score_threshold must lie in -1..1 (-1 = the method's default), got {self.score_threshold}"
+            )
 
 
 # ---------------------------------------------------------------------- setup
@@ -187,17 +206,56 @@ def localhost_discovery() -> Iterator[None]:
 
 
 def demo_parameters(options: DemoOptions, *, backbone: str, head: str) -> dict[str, Any]:
-    """The node parameter file of the demo: the base file, the model, and the demo's settings."""
+    """The node parameter file of the demo: the base file, the model, and the demo's settings.
+
+    score_threshold stays the base file's unless ``options.score_threshold`` is given (see
+    threshold_line, which the demo prints).
+    """
     base = options.params_file or default_config_path()
     config = yaml.safe_load(Path(base).read_text())
     pp = config["part_point_node"]["ros__parameters"]
     pp.update(backbone=backbone, head=head, method=options.method, heads_file=options.heads)
-    # every query gets its best point (the score is reported); a busy 2-core box may lag a little
-    pp.update(score_threshold=0.0, max_image_age_s=5.0)
+    pp.update(max_image_age_s=5.0)  # a busy 2-core box may lag a little behind the camera
+    if options.score_threshold is not None:
+        pp.update(score_threshold=float(options.score_threshold))
     config["sim_camera_node"]["ros__parameters"].update(seed=options.seeds[0], rate_hz=CAMERA_RATE_HZ)
     for node, values in options.extra_parameters.items():
         config[node]["ros__parameters"].update(values)
     return config
+
+
+def score_threshold(options: DemoOptions, config: dict[str, Any]) -> dict[str, Any]:
+    """part_point_node's score threshold in ``config``: the parameter (-1 = the method's default), the
+    threshold it means, and where it comes from (in words)."""
+    from part_point_ros.grounding.pointer import DEFAULT_THRESHOLDS  # (imports torch)
+
+    pp = config["part_point_node"]["ros__parameters"]
+    default = next(spec.default for spec in PART_POINT_PARAMS if spec.name == "score_threshold")
+    value = float(pp.get("score_threshold", default))
+    method = pp.get("method", "a2p")
+    if options.score_threshold is not None:
+        source = f"--score-threshold {options.score_threshold:g}"
+    elif "score_threshold" in options.extra_parameters.get("part_point_node", {}):
+        source = f"score_threshold {value:g} in the demo's extra parameters"
+    else:
+        base = options.params_file or default_config_path()
+        source = f"part_point_node's default: score_threshold {value:g} in {base}"
+    if value < 0:
+        source += f" = the {method} default"
+    return {
+        "parameter": value,
+        "effective": DEFAULT_THRESHOLDS[method] if value < 0 else value,
+        "source": source,
+    }
+
+
+def threshold_line(threshold: dict[str, Any]) -> str:
+    """The one line the demo prints at the start: the score threshold it runs with, and why."""
+    return (
+        f"SCORE THRESHOLD {threshold['effective']:.2f} ({threshold['source']}): an answer scoring below it "
+        "comes back found: false with its 2D point and score but NO 3D point; it is still scored "
+        "HIT/MISS on its 2D point. --score-threshold T changes it."
+    )
 
 
 def recorded_topics(config: dict[str, Any]) -> list[str]:
@@ -412,30 +470,118 @@ def _ask(client: _Client, s: _Scene, text: str) -> tuple[Any, int]:
     raise DemoError(f"/point_part did not answer {text!r} on a frame of scene {s.seed}: {response.message}")
 
 
-def _nearest(points: list[list[float]], target: np.ndarray | None) -> int:
-    if not points or target is None:
+# ---------------------------------------------------------------------- 3D ground truth of the render
+def _to_base(scene: Any, optical: np.ndarray) -> np.ndarray:
+    """Optical-frame points (..., 3) -> base_link with the scene's camera pose."""
+    pose = np.asarray(scene.camera_pose, dtype=np.float64)
+    return np.asarray(optical, dtype=np.float64) @ pose[:3, :3].T + pose[:3, 3]
+
+
+def true_surface_point(scene: Any, u: float, v: float) -> np.ndarray | None:
+    """The renderer's true surface point seen at pixel (u, v), in base_link; None where there is none.
+
+    Pixel centres sit at integer (u, v) (sim.camera). The true z-depth at a sub-pixel (u, v) is
+    BILINEAR when all 4 pixels around it are valid, else the NEAREST pixel's: valid = a finite
+    ``scene.depth_m`` on the same part (``scene.part_ids``) as the nearest pixel and within
+    max(1 cm, 5 %) of its depth, so a silhouette or part edge between them falls back to the nearest
+    pixel. The interpolation is over inverse depth, which is linear in (u, v) on a plane: exact on
+    flat surfaces. The depth is then lifted along the ray of (u, v) itself with the scene's
+    intrinsics and camera_pose (optical frame -> base_link). None when (u, v) is not finite, its
+    nearest pixel is off the image, or that pixel sees nothing (NaN depth).
+    """
+    if not (math.isfinite(u) and math.isfinite(v)):
+        return None
+    depth = scene.depth_m
+    height, width = depth.shape
+    col, row = int(round(u)), int(round(v))
+    if not (0 <= col < width and 0 <= row < height) or not math.isfinite(float(depth[row, col])):
+        return None
+    z = float(depth[row, col])
+    c0, r0 = math.floor(u), math.floor(v)
+    if 0 <= c0 and c0 + 1 < width and 0 <= r0 and r0 + 1 < height:
+        quad = depth[r0 : r0 + 2, c0 : c0 + 2].astype(np.float64)
+        same_part = scene.part_ids[r0 : r0 + 2, c0 : c0 + 2] == scene.part_ids[row, col]
+        if np.isfinite(quad).all() and same_part.all() and np.ptp(quad) <= max(0.01, 0.05 * z):
+            du, dv = u - c0, v - r0
+            weights = np.array([[(1 - du) * (1 - dv), du * (1 - dv)], [(1 - du) * dv, du * dv]])
+            z = 1.0 / float((weights / quad).sum())
+    return _to_base(scene, scene.intrinsics.deproject(u, v, z))
+
+
+def lift_error_mm(scene: Any, u: float, v: float, grasp_base: Any) -> float | None:
+    """Distance (mm) from a lifted point in base_link to the true surface point at pixel (u, v)."""
+    truth = true_surface_point(scene, u, v)
+    if grasp_base is None or truth is None:
+        return None
+    return 1000.0 * float(np.linalg.norm(np.asarray(grasp_base, dtype=np.float64) - truth))
+
+
+def part_surface_points(scene: Any, part_ids: Any) -> np.ndarray:
+    """(N, 3) base_link points of the visible pixels of the parts ``part_ids`` (their union).
+
+    Each pixel centre lifted with its true depth; pixels without depth are left out.
+    """
+    mask = np.isin(scene.part_ids, np.asarray(list(part_ids), dtype=scene.part_ids.dtype))
+    rows, cols = np.nonzero(mask & np.isfinite(scene.depth_m))
+    z = scene.depth_m[rows, cols].astype(np.float64)
+    k = scene.intrinsics
+    optical = np.stack([(cols - k.cx) / k.fx * z, (rows - k.cy) / k.fy * z, z], axis=-1)
+    return _to_base(scene, optical)
+
+
+def part_surface_mm(scene: Any, part_ids: Any, grasp_base: Any) -> float | None:
+    """Distance (mm) from a point in base_link to the visible surface of the parts ``part_ids``.
+
+    The minimum over the part's pixel-centre surface points (part_surface_points) and, when the point
+    projects onto the part, the true surface point at its own projection (true_surface_point), so a
+    point on the surface between pixel centres reads ~0 rather than up to half a pixel's footprint.
+    None when the point is None or the part has no visible pixel.
+    """
+    if grasp_base is None:
+        return None
+    points = part_surface_points(scene, part_ids)
+    if not len(points):
+        return None
+    grasp = np.asarray(grasp_base, dtype=np.float64)
+    pose = np.asarray(scene.camera_pose, dtype=np.float64)
+    optical = pose[:3, :3].T @ (grasp - pose[:3, 3])
+    if optical[2] > 0:
+        (u, v), height, width = scene.intrinsics.project(optical)[0], *scene.part_ids.shape
+        col, row = int(round(u)), int(round(v))
+        if 0 <= col < width and 0 <= row < height and int(scene.part_ids[row, col]) in set(part_ids):
+            own = true_surface_point(scene, float(u), float(v))
+            if own is not None:
+                points = np.vstack([points, own])
+    return 1000.0 * float(np.min(np.linalg.norm(points - grasp, axis=1)))
+
+
+def _nearest_pixel(points: list[list[float]], u: float, v: float) -> int:
+    if not points or not (math.isfinite(u) and math.isfinite(v)):
         return 0
-    return int(np.argmin([np.linalg.norm(np.asarray(p) - target) for p in points]))
+    return int(np.argmin([math.hypot(p[0] - u, p[1] - v) for p in points]))
 
 
 def _score(s: _Scene, index: int, response: Any, fused: Any) -> dict[str, Any]:
-    """One row of the summary: the answer, the ground truth it is compared to, hit and error."""
+    """One row of the summary: the answer, 2D hit, and the 3D numbers against the render.
+
+    hit: the returned pixel lies in the query's mask, whether or not the node said ``found``.
+    lift_error_mm: the service's grasp point vs the true surface point at the returned pixel.
+    part_surface_mm (hits only): the grasp point's distance to the target part's visible surface.
+    """
     q = s.truth["queries"][index]
+    query = s.scene.queries[index]
     point = response.point
     u, v = float(point.u), float(point.v)
-    mask = s.scene.query_mask(s.scene.queries[index])  # (H, W) bool
+    mask = s.scene.query_mask(query)  # (H, W) bool
     height, width = mask.shape
     col, row = (round(u), round(v)) if math.isfinite(u) and math.isfinite(v) else (-1, -1)
     inside = 0 <= col < width and 0 <= row < height
-    hit = bool(point.found and inside and mask[row, col])
+    hit = bool(inside and mask[row, col])  # on the 2D point: found or not
     grasp = None
     if response.has_grasp_pose:
         p = response.grasp_pose.pose.position
         grasp = [float(p.x), float(p.y), float(p.z)]
-    pixel = np.array([u, v]) if inside else None
-    nearest = _nearest(q["points_3d"], np.asarray(grasp)) if grasp else _nearest(q["points_2d"], pixel)
-    gt = q["points_3d"][nearest] if q["points_3d"] else None
-    error = 1000.0 * float(np.linalg.norm(np.subtract(grasp, gt))) if grasp and gt else None
+    surface = true_surface_point(s.scene, u, v)
     fusion_delta = None
     if fused is not None and fused.has_3d and grasp:
         f = fused.grasp_pose.pose.position
@@ -451,10 +597,11 @@ def _score(s: _Scene, index: int, response: Any, fused: Any) -> dict[str, Any]:
         "score": float(point.score),
         "found": bool(point.found),
         "grasp_base": grasp,
-        "gt_base": gt,
-        "gt_pixel": q["points_2d"][nearest] if q["points_2d"] else None,
+        "surface_base": surface.tolist() if surface is not None else None,
+        "lift_error_mm": lift_error_mm(s.scene, u, v, grasp),
+        "part_surface_mm": part_surface_mm(s.scene, query.part_ids, grasp) if hit else None,
+        "gt_pixel": q["points_2d"][_nearest_pixel(q["points_2d"], u, v)] if q["points_2d"] else None,
         "gt_instances": len(q["points_3d"]),
-        "error_mm": error,
         "hit": hit,
         "fusion_delta_mm": fusion_delta,
         "latency_ms": float(response.latency_ms),
@@ -462,17 +609,22 @@ def _score(s: _Scene, index: int, response: Any, fused: Any) -> dict[str, Any]:
     }
 
 
-def _xyz(values: list[float] | None) -> str:
-    return "(" + ", ".join(f"{x:.4f}" for x in values) + ")" if values else "n/a"
+def _xyz(values: list[float] | None, unit: str = " m") -> str:
+    return "(" + ", ".join(f"{x:.4f}" for x in values) + ")" + unit if values else "n/a"
+
+
+def _mm(value: float | None) -> str:
+    return f"{value:.1f} mm" if value is not None else "n/a"
 
 
 def format_row(row: dict[str, Any]) -> str:
-    """The printed line of one query."""
-    err = f"{row['error_mm']:.1f} mm" if row["error_mm"] is not None else "n/a"
+    """The printed line of one query: lift = grasp vs the true surface at the pixel, part = to the part."""
+    found = "found" if row["found"] else "found: FALSE (no 3D point)"
     return (
         f"[{row['seed']}] {row['kind']:<9} {json.dumps(row['query'])}  px ({row['u']:.1f}, {row['v']:.1f}) "
-        f"score {row['score']:.2f}  grasp {_xyz(row['grasp_base'])} m  gt {_xyz(row['gt_base'])} m  "
-        f"err {err}  {'HIT' if row['hit'] else 'MISS'}"
+        f"score {row['score']:.2f} {found}  grasp {_xyz(row['grasp_base'])}  "
+        f"surface {_xyz(row['surface_base'])}  lift err {_mm(row['lift_error_mm'])}  "
+        f"part {_mm(row['part_surface_mm'])}  {'HIT' if row['hit'] else 'MISS'}"
     )
 
 
@@ -525,26 +677,72 @@ def _save_images(out: Path, s: _Scene, row: dict[str, Any], heat_msg: Image | No
 
 # ---------------------------------------------------------------------- summary
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy (2D hits / queries), median 3D error over the 2D hits, the same per query kind."""
+    """The numbers of the rows, over all queries and per query kind.
+
+    accuracy: 2D hits / queries (found or not). median_lift_error_mm and lift_error_quartiles_mm
+    ([25th, 75th] percentile): over every query with a lift error (a 3D point on a pixel that sees
+    a surface), counted in lift_errors. median_part_surface_mm_hits and hits_within_5mm_of_part (the
+    fraction with part_surface_mm <= PART_SURFACE_TOL_MM): over the hits with a 3D point, counted in
+    hits_with_3d. None where there is nothing to take them over.
+    """
 
     def stats(subset: list[dict[str, Any]]) -> dict[str, Any]:
-        hits = sum(r["hit"] for r in subset)
-        errors = [r["error_mm"] for r in subset if r["hit"] and r["error_mm"] is not None]
+        hits = [r for r in subset if r["hit"]]
+        lifts = [r["lift_error_mm"] for r in subset if r["lift_error_mm"] is not None]
+        parts = [r["part_surface_mm"] for r in hits if r["part_surface_mm"] is not None]
         return {
             "queries": len(subset),
-            "hits": hits,
-            "accuracy": hits / len(subset) if subset else None,
-            "median_error_mm_hits": float(np.median(errors)) if errors else None,
+            "hits": len(hits),
+            "accuracy": len(hits) / len(subset) if subset else None,
+            "found": sum(bool(r["found"]) for r in subset),
+            "lift_errors": len(lifts),
+            "median_lift_error_mm": float(np.median(lifts)) if lifts else None,
+            "lift_error_quartiles_mm": [float(x) for x in np.percentile(lifts, [25, 75])] if lifts else None,
+            "hits_with_3d": len(parts),
+            "median_part_surface_mm_hits": float(np.median(parts)) if parts else None,
+            "hits_within_5mm_of_part": (
+                sum(d <= PART_SURFACE_TOL_MM for d in parts) / len(parts) if parts else None
+            ),
         }
 
     kinds = sorted({r["kind"] for r in rows})
     return {**stats(rows), "by_kind": {k: stats([r for r in rows if r["kind"] == k]) for k in kinds}}
 
 
+def summary_sentence(summary: dict[str, Any]) -> str:
+    """Accuracy and the two 3D numbers in words (summary.md and the demo's last line)."""
+    acc = summary["accuracy"]
+    accuracy = "n/a" if acc is None else f"{100.0 * acc:.1f} %"
+    text = (
+        f"accuracy {summary['hits']}/{summary['queries']} = {accuracy} "
+        f"(2D, found or not; {summary['found']} found); "
+    )
+    if summary["median_lift_error_mm"] is None:
+        text += "lift error n/a (no 3D point); "
+    else:
+        q1, q3 = summary["lift_error_quartiles_mm"]
+        text += (
+            f"lift error (grasp point vs the true surface at its pixel) median "
+            f"{summary['median_lift_error_mm']:.1f} mm, quartiles {q1:.1f} / {q3:.1f} mm over "
+            f"{summary['lift_errors']} points; "
+        )
+    within = summary["hits_within_5mm_of_part"]
+    if within is None:
+        text += "distance to the part n/a (no hit with a 3D point)"
+    else:
+        text += (
+            f"hits within {PART_SURFACE_TOL_MM:g} mm of the part's surface "
+            f"{round(within * summary['hits_with_3d'])}/{summary['hits_with_3d']} = {100.0 * within:.1f} %, "
+            f"median {summary['median_part_surface_mm_hits']:.1f} mm"
+        )
+    return text
+
+
 def _markdown(summary: dict[str, Any]) -> str:
     def num(x: Any, fmt: str) -> str:
         return format(x, fmt) if x is not None else "n/a"
 
+    threshold = summary["score_threshold"]
     lines = [
         "# part-point demo",
         "",
@@ -552,19 +750,24 @@ def _markdown(summary: dict[str, Any]) -> str:
         + (f", head `{summary['head']}`" if summary["head"] else ""),
         f"seeds {', '.join(map(str, summary['seeds']))}; wall time {summary['wall_time_s']:.1f} s "
         f"(startup {summary['startup_s']:.1f} s)",
+        f"score threshold {threshold['effective']:.2f} (parameter {threshold['parameter']:g}, "
+        f"{threshold['source']}): answers under it are found: false and have no 3D point",
         "",
-        f"**accuracy {summary['hits']}/{summary['queries']} = {num(summary['accuracy'], '.1%')}**, "
-        f"median 3D error over the 2D hits {num(summary['median_error_mm_hits'], '.1f')}"
-        + (" mm" if summary["median_error_mm_hits"] is not None else ""),
+        f"**{summary_sentence(summary)}**",
         "",
-        "| seed | kind | query | pixel (u, v) | score | grasp point, base_link (m) | ground truth (m) "
-        "| error (mm) | hit |",
-        "| ---: | --- | --- | --- | ---: | --- | --- | ---: | --- |",
+        "lift error: grasp point (base_link) vs the renderer's true surface point at the returned pixel; "
+        "to part: grasp point vs the nearest point of the target part's visible surface (hits only).",
+        "",
+        "| seed | kind | query | pixel (u, v) | score | found | grasp point, base_link (m) "
+        "| true surface at the pixel (m) | lift error (mm) | to part (mm) | hit |",
+        "| ---: | --- | --- | --- | ---: | --- | --- | --- | ---: | ---: | --- |",
     ]
     for r in summary["rows"]:
         lines.append(
             f"| {r['seed']} | {r['kind']} | {r['query']} | ({r['u']:.1f}, {r['v']:.1f}) | {r['score']:.2f} | "
-            f"{_xyz(r['grasp_base'])} | {_xyz(r['gt_base'])} | {num(r['error_mm'], '.1f')} | "
+            f"{'yes' if r['found'] else '**no**'} | {_xyz(r['grasp_base'], '')} | "
+            f"{_xyz(r['surface_base'], '')} | "
+            f"{num(r['lift_error_mm'], '.1f')} | {num(r['part_surface_mm'], '.1f')} | "
             f"{'hit' if r['hit'] else 'miss'} |"
         )
     lines += [
@@ -581,18 +784,18 @@ def _query(client: _Client, s: _Scene, index: int, out: Path) -> dict[str, Any]:
     text = s.truth["queries"][index]["text"]
     n_heat, n_fused = len(client.heatmaps), len(client.fused)
     response, stamp = _ask(client, s, text)
-    heat = fused = None
-    if response.point.found:  # the node published a heatmap, depth_fusion_node lifts the point
+    fused = None
 
-        def same_frame(m: Any) -> bool:
-            return _stamp_ns(m.header.stamp) == stamp
+    def same_frame(m: Any) -> bool:
+        return _stamp_ns(m.header.stamp) == stamp
 
-        heat = _wait_output(client, client.heatmaps, n_heat, same_frame)
-        fused_array = _wait_output(
-            client, client.fused, n_fused, lambda m: same_frame(m) and any(p.query == text for p in m.points)
-        )
-        if fused_array is not None:
-            fused = next(p for p in fused_array.points if p.query == text)
+    # the node publishes the heatmap found or not; depth_fusion_node answers every point (has_3d or why not)
+    heat = _wait_output(client, client.heatmaps, n_heat, same_frame)
+    fused_array = _wait_output(
+        client, client.fused, n_fused, lambda m: same_frame(m) and any(p.query == text for p in m.points)
+    )
+    if fused_array is not None:
+        fused = next(p for p in fused_array.points if p.query == text)
     row = _score(s, index, response, fused)
     _save_images(out, s, row, heat)
     return row
@@ -666,6 +869,7 @@ def run_demo(options: DemoOptions, *, stdout: TextIO | None = None) -> dict[str,
         old.unlink()  # outputs of an earlier run
     config = demo_parameters(options, backbone=backbone, head=head)
     (out / "params.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    threshold = score_threshold(options, config)
     domain = options.domain_id if options.domain_id is not None else private_domain_id()
     if not options.verbose:
         from transformers.utils import logging as transformers_logging
@@ -675,6 +879,7 @@ def run_demo(options: DemoOptions, *, stdout: TextIO | None = None) -> dict[str,
         f"part-point demo: ROS_DOMAIN_ID {domain}, discovery limited to this machine (localhost); "
         f"{options.method} on {backbone}" + (f" + {head}" if head else "")
     )
+    say(threshold_line(threshold))
     rows: list[dict[str, Any]] = []
     with _running_graph(options, config, out, domain) as (client, recorder):
         state = client.call(client.lifecycle, GetState.Request(), "the lifecycle state of part_point_node")
@@ -695,6 +900,7 @@ def run_demo(options: DemoOptions, *, stdout: TextIO | None = None) -> dict[str,
         "backbone": backbone,
         "head": head,
         "ros": {"domain_id": domain, "discovery": "localhost"},
+        "score_threshold": threshold,
         **summarize(rows),
         "wall_time_s": time.perf_counter() - start,
         "startup_s": startup_s,
@@ -709,13 +915,9 @@ def run_demo(options: DemoOptions, *, stdout: TextIO | None = None) -> dict[str,
             f"warning: depth_fusion_node's grasp poses differ from /point_part's by up to "
             f"{max(deltas):.1f} mm (camera pose or depth frame not the same)"
         )
-    acc, med = summary["accuracy"], summary["median_error_mm_hits"]
-    accuracy = "n/a" if acc is None else f"{100.0 * acc:.1f} %"
     say(
-        f"accuracy {summary['hits']}/{summary['queries']} = {accuracy}, "
-        f"median 3D error over the 2D hits {'n/a' if med is None else f'{med:.1f} mm'}; "
-        f"wall time {summary['wall_time_s']:.1f} s; wrote {out}/summary.md, summary.json, session.mcap, "
-        f"{2 * len(rows)} PNGs"
+        f"{summary_sentence(summary)}; wall time {summary['wall_time_s']:.1f} s; "
+        f"wrote {out}/summary.md, summary.json, session.mcap, {2 * len(rows)} PNGs"
     )
     return summary
 
@@ -761,6 +963,7 @@ def options_from_args(args: Any) -> DemoOptions:
         "timeout",
         "domain_id",
         "untrained",
+        "score_threshold",
     )
     for name in names:
         value = getattr(args, name, None)

@@ -22,13 +22,14 @@ TABLE_SIZE = np.array([0.9, 1.2])
 TABLE_THICKNESS = 0.03
 TABLE_HEIGHT = 0.72  # floor at z = -TABLE_HEIGHT
 # Where object footprints may lie (a margin inside the table top).
-PLACE_MIN = np.array([0.2, -0.45])
-PLACE_MAX = np.array([0.9, 0.45])
+PLACE_MIN = np.array([0.28, -0.34])
+PLACE_MAX = np.array([0.84, 0.34])
 
 MIN_OBJECTS, MAX_OBJECTS = 2, 5
 DUPLICATE_PROBABILITY = 0.35  # chance that one object type appears twice in a scene
 HFOV_DEG = 60.0  # default horizontal field of view (square pixels)
 _FIT_ASPECT = 4.0 / 3.0  # the framing check assumes 4:3 so the layout never depends on image size
+CAMERA_DISTANCE_M = (0.4, 0.6)  # first try; backed off in 5 % steps until every part centre is in view
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def _camera(rng: np.random.Generator, centres: np.ndarray, hfov_deg: float) -> n
     """A robot-head camera behind the table edge, looking down at the part footprints ``centres``."""
     spots = np.concatenate([centres, np.full((len(centres), 1), 0.03)], axis=1)  # (N, 2) -> (N, 3)
     target = np.append(spots[:, :2].mean(axis=0) + rng.normal(0.0, 0.02, size=2), 0.03)
-    distance = float(rng.uniform(0.55, 0.85))
+    distance = float(rng.uniform(CAMERA_DISTANCE_M[0], CAMERA_DISTANCE_M[1]))
     elevation = math.radians(rng.uniform(40.0, 75.0))
     azimuth = math.radians(rng.uniform(-35.0, 35.0))  # 0 = from behind the robot, looking along +x
     roll = math.radians(rng.uniform(-5.0, 5.0))
@@ -154,7 +155,7 @@ def _camera(rng: np.random.Generator, centres: np.ndarray, hfov_deg: float) -> n
         pose = look_at(target + distance * direction, target, roll_rad=roll)
         if _frames_all(pose, spots, hfov_deg):
             break
-        distance *= 1.08
+        distance *= 1.05
     return pose
 
 

@@ -98,7 +98,7 @@ def torus(ring_radius: float, tube_radius: float, centre, axis="z") -> Mesh:
 def _mug() -> dict[str, list[Mesh]]:
     return {
         "body": [cylinder(0.04, 0.10, (0, 0, 0.05))],
-        "handle": [torus(0.03, 0.008, (0.045, 0, 0.05), axis="y")],
+        "handle": [torus(0.03, 0.011, (0.048, 0, 0.05), axis="y")],
         "rim": [torus(0.04, 0.006, (0, 0, 0.10))],
     }
 
@@ -153,15 +153,15 @@ def _drawer() -> dict[str, list[Mesh]]:
     return {
         "body": [box((0.20, 0.26, 0.13), (0, 0, 0.065))],
         "front": [box((0.012, 0.23, 0.10), (0.106, 0, 0.065))],
-        "knob": [sphere(0.014, (0.124, 0, 0.065))],
+        "knob": [sphere(0.022, (0.128, 0, 0.065))],
     }
 
 
 def _screwdriver() -> dict[str, list[Mesh]]:
     return {
         "handle": [cylinder(0.016, 0.10, (-0.05, 0, 0.016), axis="x")],
-        "shaft": [cylinder(0.005, 0.09, (0.045, 0, 0.016), axis="x")],
-        "tip": [cone(0.008, 0.028, (0.09, 0, 0.016), direction=(1, 0, 0))],
+        "shaft": [cylinder(0.008, 0.09, (0.045, 0, 0.016), axis="x")],
+        "tip": [cone(0.014, 0.045, (0.09, 0, 0.016), direction=(1, 0, 0))],
     }
 
 
@@ -169,10 +169,10 @@ def _teapot() -> dict[str, list[Mesh]]:
     spout_dir = np.array([1.0, 0.0, 0.9])
     return {
         "body": [sphere(0.075, (0, 0, 0.06), scale_z=0.8)],
-        "spout": [cone(0.018, 0.10, (0.055, 0, 0.05), direction=spout_dir)],
+        "spout": [cone(0.024, 0.11, (0.055, 0, 0.05), direction=spout_dir)],
         "handle": [torus(0.04, 0.008, (-0.075, 0, 0.065), axis="y")],
         "lid": [cylinder(0.035, 0.014, (0, 0, 0.118))],
-        "knob": [sphere(0.011, (0, 0, 0.133))],
+        "knob": [sphere(0.018, (0, 0, 0.138))],
     }
 
 

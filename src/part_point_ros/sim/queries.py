@@ -1,7 +1,7 @@
 """Language queries for a rendered scene, each with the part instances it refers to.
 
 Policy (also in docs/synthetic_world.md):
-- Only parts with at least ``min_pixels`` visible pixels are asked about.
+- Only parts that cover at least ``MIN_QUERY_FRACTION`` of the image are asked about.
 - A type present once: one direct query per visible part and one reasoning query per part that has
   reasoning templates; ~30 % of them name the object's colour ("the red mug's handle").
 - A type present more than once: the query without colour is ambiguous on purpose and refers to
@@ -18,7 +18,10 @@ import numpy as np
 from part_point_ros.sim.catalog import OBJECT_TYPES, object_phrase, possessive
 from part_point_ros.sim.scene import ObjectInstance, PartInstance, Query
 
-MIN_QUERY_PIXELS = 12
+# A part is asked about when it covers at least a quarter of one image token of the shipped backbone
+# (16x16 px of a 320x240 frame: 64 px): smaller parts cannot be told apart on its token grid
+# (docs/synthetic_world.md, "Part sizes"). A share of the image, so queries do not depend on the size.
+MIN_QUERY_FRACTION = 64 / (320 * 240)
 SINGLE_COLOUR_PROBABILITY = 0.3
 
 
@@ -60,9 +63,10 @@ def make_queries(
     objects: list[ObjectInstance],
     parts: list[PartInstance],
     *,
-    min_pixels: int = MIN_QUERY_PIXELS,
+    min_pixels: int,
 ) -> list[Query]:
-    """Direct and reasoning queries for the visible parts of ``objects`` (deterministic by seed)."""
+    """Direct and reasoning queries for the parts of ``objects`` with at least ``min_pixels`` visible
+    pixels (deterministic by seed)."""
     rng = np.random.default_rng([seed, 1])  # its own stream: queries never shift the layout
     by_id = {p.part_id: p for p in parts}
     by_type: dict[str, list[ObjectInstance]] = {}

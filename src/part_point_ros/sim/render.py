@@ -7,6 +7,7 @@ of a hit says which part instance the pixel sees.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -27,7 +28,7 @@ from part_point_ros.sim.layout import (
     sample_layout,
 )
 from part_point_ros.sim.meshes import box, object_part_meshes
-from part_point_ros.sim.queries import MIN_QUERY_PIXELS, make_queries
+from part_point_ros.sim.queries import MIN_QUERY_FRACTION, make_queries
 from part_point_ros.sim.scene import ObjectInstance, PartInstance, Scene
 
 AMBIENT = 0.35
@@ -184,7 +185,7 @@ def render_layout(layout: SceneLayout, intrinsics: CameraIntrinsics, *, shadows:
         camera_pose=layout.camera_pose.copy(),
         objects=objects,
         parts=parts,
-        queries=make_queries(layout.seed, objects, parts, min_pixels=MIN_QUERY_PIXELS),
+        queries=make_queries(layout.seed, objects, parts, min_pixels=math.ceil(MIN_QUERY_FRACTION * w * h)),
         light_dir=layout.light_dir.copy(),
     )
 

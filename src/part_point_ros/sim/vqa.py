@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from part_point_ros.sim.catalog import OBJECT_TYPES, PALETTE
+from part_point_ros.sim.ground_truth import innermost_pixel
 
 SPLIT_SEEDS: dict[str, tuple[int, int]] = {
     "train": (0, 100_000),
@@ -79,6 +80,8 @@ class ObjectFact:
     object_type: str
     colour: str  # the colour of its main part: the word that names it
     part_ids: tuple[int, ...]
+    point_u: float = -1.0  # innermost pixel of its whole visible mask (object-level grounding); -1: hidden
+    point_v: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,14 @@ class SceneFacts:
             n = int(mask.sum())
             centroid = float((mask.sum(axis=0) * cols).sum() / n) if n else float("nan")
             parts.append(PartFact(p.part_id, p.object_id, p.object_type, p.part, p.colour, n, centroid))
-        objects = tuple(
-            ObjectFact(o.object_id, o.object_type, o.colour, tuple(o.part_ids)) for o in scene.objects
-        )
-        return cls(int(scene.seed), int(width), int(height), objects, tuple(parts))
+        objects = []
+        for o in scene.objects:
+            point = innermost_pixel(np.isin(scene.part_ids, o.part_ids))
+            u, v = point if point is not None else (-1.0, -1.0)
+            objects.append(
+                ObjectFact(o.object_id, o.object_type, o.colour, tuple(o.part_ids), float(u), float(v))
+            )
+        return cls(int(scene.seed), int(width), int(height), tuple(objects), tuple(parts))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,7 +192,7 @@ def vocabulary() -> tuple[str, ...]:
     words += ["which", "side", "on", "?", "biggest", "part", "has", "object"]
     for spec in OBJECT_TYPES.values():
         words += [spec.name, PLURALS[spec.name], *spec.parts]
-    return tuple(dict.fromkeys([*words, *answer_vocabulary(), *query_vocabulary()]))
+    return tuple(dict.fromkeys([*words, *answer_vocabulary(), *query_vocabulary(), *POINT_WORDS]))
 
 
 def _is_there(object_type: str) -> str:
@@ -315,3 +322,39 @@ def make_questions(facts: SceneFacts) -> list[VqaItem]:
 def scene_questions(scene: Any) -> list[VqaItem]:
     """``make_questions`` for a rendered ``sim.Scene``."""
     return make_questions(SceneFacts.from_scene(scene))
+
+
+# ----- object-level pointing in text (the stand-in for referring / pointing instruction data) -----
+
+POINT_PROMPT = "point to {obj}."  # Molmo's direct prompt, with an object instead of a part
+POINT_ANSWER = '<point x="{x}" y="{y}">'  # Molmo's point tag, whole percent of the original image
+POINT_WORDS: tuple[str, ...] = ("<", "point", "x", '="', '"', "y", '">', ".", "to", *map(str, range(100)))
+
+
+def percent(value: float, size: int) -> int:
+    """A pixel coordinate (pixel centres at integers) as a whole percent of the image side, 0..99."""
+    return int(min(99, max(0, round((value + 0.5) / size * 100 - 0.5))))
+
+
+def pointing_items(facts: SceneFacts) -> list[VqaItem]:
+    """ "point to the mug." / "point to the red mug." -> ``<point x="37" y="52">`` at the innermost pixel
+    of the object's visible mask, for every object whose naming (main) part is visible; twins are
+    named by colour. Object level only: no question names a part, no answer locates one."""
+    rng = np.random.default_rng([facts.seed, 11])
+    min_pixels = MIN_PART_FRACTION * facts.width * facts.height
+    parts = {p.part_id: p for p in facts.parts}
+    counts: dict[str, int] = {}
+    for o in facts.objects:
+        counts[o.object_type] = counts.get(o.object_type, 0) + 1
+    items = []
+    for o in facts.objects:
+        main = next(parts[i] for i in o.part_ids if parts[i].part == OBJECT_TYPES[o.object_type].main_part)
+        if main.pixel_count < min_pixels or not o.point_u >= 0:  # hidden (or NaN in an old cache)
+            continue
+        named = counts[o.object_type] > 1 or rng.random() < 0.3
+        obj = f"the {o.colour} {o.object_type}" if named else f"the {o.object_type}"
+        answer = POINT_ANSWER.format(x=percent(o.point_u, facts.width), y=percent(o.point_v, facts.height))
+        items.append(
+            VqaItem(POINT_PROMPT.format(obj=obj), answer, "point_object", o.object_type, None, o.part_ids)
+        )
+    return items

@@ -70,8 +70,9 @@ def predict_from_cache(
     threshold: float = A2P_THRESHOLD,
     max_samples: int | None = None,
 ) -> list[PredictionRecord]:
-    """a2p predictions from cached features: heatmap peak (LENS-refined) -> original pixels."""
-    from part_point_ros.grounding.peaks import argmax_peak, refine_peak
+    """a2p predictions from cached features: heatmap peak (LENS-refined) -> original pixels, decoded
+    by ``grounding.pointer.decode_a2p`` exactly as ``PartPointer`` does (padding cells never win)."""
+    from part_point_ros.grounding.pointer import decode_a2p
 
     head = head.to(device).eval()
     count = len(cache) if max_samples is None else min(len(cache), max_samples)
@@ -83,18 +84,11 @@ def predict_from_cache(
         start = time.perf_counter()
         out = head(batch.queries, batch.query_mask, batch.keys, batch.values, batch.grid_shape)
         per_sample_ms = (time.perf_counter() - start) * 1000.0 / len(indices)
-        patch_prob = out.attn_logits.float().sigmoid().mean(1).cpu().numpy()  # (B, k, P) -> (B, P)
         for b, index in enumerate(indices):
-            logits = out.heatmap[b].float()
-            prob = logits.flatten().softmax(0).reshape(logits.shape).cpu().numpy()  # (H·W,) -> (H, W)
-            peak = argmax_peak(prob)
-            if subpixel:
-                peak = refine_peak(prob, peak)
             grid = cache.grid(index)
-            x, y = grid.heatmap_to_pixel(peak.row, peak.col, upscale)
-            row = min(max(int((peak.row + 0.5) // upscale), 0), grid.rows - 1)
-            col = min(max(int((peak.col + 0.5) // upscale), 0), grid.cols - 1)
-            score = float(patch_prob[b, row * grid.cols + col])  # row-major (rows, cols) -> (P,)
+            # heatmap (s·rows, s·cols), attn logits (k, P) -> the best point in original pixels
+            _, points = decode_a2p(out.heatmap[b], out.attn_logits[b], grid, upscale, subpixel=subpixel)
+            x, y, score = points[0]
             record = cache.records[index]
             records.append(
                 score_prediction(

@@ -1,0 +1,41 @@
+"""Shared pieces of the backbone stages: learning-rate schedule and resumable checkpoints."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up, then cosine down to 5 % of ``lr`` at ``steps``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
+
+
+def save_state(run: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer, step: int) -> None:
+    """Weights of ``modules`` (safetensors) and the optimizer + step; the state file is renamed into
+    place last, so a run killed mid-save resumes from the previous checkpoint."""
+    from safetensors.torch import save_file
+
+    for name, module in modules.items():
+        tmp = run / f"{name}.tmp.safetensors"
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, tmp)
+        tmp.rename(run / f"{name}.safetensors")
+    torch.save({"optimizer": opt.state_dict(), "step": step}, run / "state.tmp.pt")
+    (run / "state.tmp.pt").rename(run / "state.pt")
+
+
+def load_state(run: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer) -> int:
+    """Resume from ``save_state``; returns the step (0 when the run has no checkpoint)."""
+    from safetensors.torch import load_file
+
+    if not (run / "state.pt").exists():
+        return 0
+    for name, module in modules.items():
+        module.load_state_dict(load_file(run / f"{name}.safetensors"))
+    state = torch.load(run / "state.pt", weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    return int(state["step"])
