@@ -4,7 +4,7 @@
 Every variant is the shipped config (``config/train_synthetic_tabletop.yaml``) with a few
 overrides, trained by the project's trainer on the same feature cache (k = 1 / 3 read the first
 heads of the k = 5 cache) and evaluated on the eval cache (test seeds, never used for training or
-selection). Attention pointing runs live on the backbone. Writes ``<out>/results.json`` and
+selection). Attention and text pointing run live on the backbone. Writes ``<out>/results.json`` and
 ``<out>/results.md`` (the README table) and prints the table.
 
     part-point cache --config config/train_synthetic_tabletop.yaml
@@ -60,19 +60,39 @@ def run_variant(config_path: str, name: str, overrides: list[str], out: str, thr
         train(config)
         train_s = time.time() - t0
     outcome = run_evaluation(config, methods=["a2p"], from_cache=True, out_dir=run_dir / "eval")
-    return {"name": name, "overrides": overrides, "train_s": train_s, **outcome.summary["a2p"]["overall"]}
+    summary = outcome.summary["a2p"]
+    return {"name": name, "overrides": overrides, "train_s": train_s, **summary["overall"], **_small(summary)}
 
 
-def attention_row(config_path: str, overrides: list[str], out: str, threads: int) -> dict:
+LIVE = {"attention": "attention pointing (no training)", "text": "text pointing (the model's own answer)"}
+# The paper's ablations (LLaVA-1.5-7B on PACO-LVIS, accuracy; docs method.md section 4-5), for the
+# ordering beside ours. Its "no Q-Synth" rows are the three pooling replacements.
+PAPER = {
+    "full": 0.463, "eos": 0.290, "mean": 0.305, "max": 0.266, "no_values": 0.453, "no_a2p": 0.429,
+    "l2": 0.433, "gaussian": 0.436, "symmetric_sdf": 0.454, "k1": 0.427, "k3": 0.451,
+    "attention": 0.183, "text": 0.068,
+}  # fmt: skip
+
+
+def _small(summary: dict) -> dict:
+    """Accuracy on the targets under ``SMALL_MASK_PIXELS`` (the "mask_size" group of the summary)."""
+    (block,) = summary["datasets"].values()
+    small = block["by"].get("mask_size", {}).get("small", {})
+    return {"small_accuracy": small.get("accuracy"), "small_n": small.get("n", 0)}
+
+
+def live_row(method: str, config_path: str, overrides: list[str], out: str, threads: int) -> dict:
+    """A method that runs on the backbone itself (no head): attention or text pointing."""
     import torch
 
     from part_point_ros.training.config import load_config
     from part_point_ros.training.evaluate import run_evaluation
 
     torch.set_num_threads(threads)
-    config = load_config(config_path, [*overrides, f"out_dir={Path(out) / 'attention'}", "progress=false"])
-    outcome = run_evaluation(config, methods=["attention"], out_dir=Path(out) / "attention" / "eval")
-    return {"name": "attention", "overrides": [], **outcome.summary["attention"]["overall"]}
+    config = load_config(config_path, [*overrides, f"out_dir={Path(out) / method}", "progress=false"])
+    outcome = run_evaluation(config, methods=[method], out_dir=Path(out) / method / "eval")
+    summary = outcome.summary[method]
+    return {"name": method, "overrides": [], **summary["overall"], **_small(summary)}
 
 
 def validation_row(config_path: str, name: str, overrides: list[str], out: str, val_cache_dir: str) -> dict:
@@ -86,21 +106,24 @@ def validation_row(config_path: str, name: str, overrides: list[str], out: str, 
         raise SystemExit(f"{run_dir / 'head'}: not trained yet; run the table first (without --validation)")
     config = load_config(config_path, [*overrides, f"out_dir={run_dir}", f"cache_dir={val_cache_dir}"])
     outcome = run_evaluation(config, methods=["a2p"], from_cache=True, out_dir=run_dir / "eval_validation")
-    return {"name": name, "overrides": overrides, **outcome.summary["a2p"]["overall"]}
+    summary = outcome.summary["a2p"]
+    return {"name": name, "overrides": overrides, **summary["overall"], **_small(summary)}
 
 
 def table(rows: list[dict], n_train: int, queries: str = "test queries") -> str:
-    labels = {name: label for name, (label, _) in VARIANTS.items()} | {
-        "attention": "attention pointing (no training)"
-    }
+    labels = {name: label for name, (label, _) in VARIANTS.items()} | LIVE
     lines = [
-        f"| method | accuracy | patch accuracy | {queries} | train queries |",
-        "| --- | --- | --- | --- | --- |",
+        f"| method | accuracy | patch accuracy | parts < 400 px | {queries} (< 400 px) | train queries "
+        "| paper (LLaVA-1.5-7B, PACO) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        trained = "0" if r["name"] == "attention" else str(n_train)
-        acc, patch = f"{r['accuracy']:.3f}", f"{r['patch_accuracy']:.3f}"
-        lines.append(f"| {labels[r['name']]} | {acc} | {patch} | {r['n']} | {trained} |")
+        trained = "0" if r["name"] in LIVE else str(n_train)
+        small = "—" if r.get("small_accuracy") is None else f"{r['small_accuracy']:.3f}"
+        lines.append(
+            f"| {labels[r['name']]} | {r['accuracy']:.3f} | {r['patch_accuracy']:.3f} | {small} | "
+            f"{r['n']} ({r.get('small_n', 0)}) | {trained} | {PAPER[r['name']]:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -119,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    names = args.only.split(",") if args.only else [*VARIANTS, "attention"]
-    unknown = [n for n in names if n not in VARIANTS and n != "attention"]
+    names = args.only.split(",") if args.only else [*VARIANTS, *LIVE]
+    unknown = [n for n in names if n not in VARIANTS and n not in LIVE]
     if unknown:
-        p.error(f"unknown variants {unknown}; known: {', '.join([*VARIANTS, 'attention'])}")
+        p.error(f"unknown variants {unknown}; known: {', '.join([*VARIANTS, *LIVE])}")
     from part_point_ros.training.config import load_config
     from part_point_ros.training.feature_cache import FeatureCache
 
@@ -132,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [
             validation_row(args.config, n, [*args.set, *VARIANTS[n][1]], args.out, args.val_cache)
             for n in names
-            if n != "attention"
+            if n not in LIVE
         ]
         md = table(rows, n_train, queries="validation queries")
         (Path(args.out) / "validation.json").write_text(
@@ -147,16 +170,17 @@ def main(argv: list[str] | None = None) -> int:
         futures = {
             n: pool.submit(run_variant, args.config, n, [*args.set, *VARIANTS[n][1]], args.out, threads)
             for n in names
-            if n != "attention"
+            if n not in LIVE
         }
-        if "attention" in names:
-            futures["attention"] = pool.submit(attention_row, args.config, args.set, args.out, threads)
+        for n in LIVE:
+            if n in names:
+                futures[n] = pool.submit(live_row, n, args.config, args.set, args.out, threads)
         for n, fut in futures.items():
             rows[n] = fut.result()
             print(
                 f"{n}: accuracy {rows[n]['accuracy']:.3f} patch {rows[n]['patch_accuracy']:.3f}", flush=True
             )
-    ordered = [rows[n] for n in [*VARIANTS, "attention"] if n in rows]
+    ordered = [rows[n] for n in [*VARIANTS, *LIVE] if n in rows]
     md = table(ordered, n_train)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

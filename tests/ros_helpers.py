@@ -15,6 +15,7 @@ fails the session's teardown instead of passing silently.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -178,3 +179,30 @@ def ros_fixture() -> Iterator[RosHarness]:
             else:
                 os.environ[key] = value
     assert not harness.spin_error, f"the test executor thread stopped:\n{harness.spin_error}"
+
+
+# camera_info as issue #11 sent it, and the start of the reason it is rejected with:
+# kind -> (field, index in it, value, reason)
+BAD_CAMERA_INFO = {
+    "k22_zero": ("k", 8, 0.0, "camera matrix K[2][2] is 0 but must be 1"),
+    "nan_k": ("k", 2, math.nan, "camera matrix K has non-finite entries"),
+    "nan_d": ("d", 0, math.nan, "distortion coefficients D have non-finite entries"),
+    "inf_fx": ("k", 0, math.inf, "camera matrix K has non-finite entries"),
+    "tiny_fx": ("k", 0, 1e-300, "camera matrix needs fx, fy > 0 in 0.001 .. 1e+06 px, got fx=1e-300"),
+}
+
+
+def camera_info_msg(camera, kind: str | None = None, header=None):
+    """sensor_msgs/CameraInfo of the PinholeCamera ``camera`` (frame_id its frame, or ``header``),
+    broken as BAD_CAMERA_INFO[kind] says when ``kind`` is given."""
+    from part_point_ros.ros.conversions import camera_info_from_camera
+
+    info = camera_info_from_camera(camera, header=header)
+    if header is None:
+        info.header.frame_id = camera.frame_id
+    if kind is not None:
+        field, index, value, _ = BAD_CAMERA_INFO[kind]
+        values = list(getattr(info, field))
+        values[index] = value
+        setattr(info, field, values)
+    return info

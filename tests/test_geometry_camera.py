@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -55,6 +57,44 @@ def test_invalid_intrinsics_raise_input_error():
         PinholeCamera.from_intrinsics(fx=0.0, fy=1.0, cx=0.0, cy=0.0, width=2, height=2)
     with pytest.raises(InputError, match="5 distortion coefficients"):
         make_camera(d=[0.1] * 8, model="plumb_bob")
+
+
+def _k(**entries):
+    """make_camera()'s K with some entries replaced: fx, fy, cx, cy, s, or kRC for K[R][C]."""
+    k = make_camera().k.copy()
+    names = {"fx": (0, 0), "fy": (1, 1), "cx": (0, 2), "cy": (1, 2), "s": (0, 1)}
+    for name, value in entries.items():
+        k[names[name] if name in names else (int(name[1]), int(name[2]))] = value
+    return k
+
+
+@pytest.mark.parametrize(
+    ("k", "d", "expected"),
+    [
+        (_k(k22=0.0), PLUMB_BOB, "K[2][2] is 0 but must be 1"),
+        (_k(k22=2.0), PLUMB_BOB, "K[2][2] is 2 but must be 1"),
+        (_k(cx=np.nan), PLUMB_BOB, "K has non-finite entries"),
+        (_k(fx=np.inf), PLUMB_BOB, "K has non-finite entries"),
+        (_k(), [np.nan, 0.0, 0.0, 0.0, 0.0], "distortion coefficients D have non-finite entries"),
+        (_k(fx=1e-300), PLUMB_BOB, "fx, fy > 0 in 0.001 .. 1e+06 px, got fx=1e-300"),
+        (_k(fy=1e7), PLUMB_BOB, "fx, fy > 0 in 0.001 .. 1e+06 px, got fx=500, fy=1e+07"),
+        (_k(fx=-500.0), PLUMB_BOB, "fx, fy > 0"),
+        (_k(k10=3.0), PLUMB_BOB, "K[1][0], K[2][0], K[2][1] must be 0, got [3.0, 0.0, 0.0]"),
+        (_k(k21=0.5), PLUMB_BOB, "K[1][0], K[2][0], K[2][1] must be 0"),
+        (_k(cx=1e6), PLUMB_BOB, "principal point (cx, cy) = (1e+06, 240) px is more than an image size off"),
+    ],
+    ids=["k22_zero", "k22_two", "nan_k", "inf_fx", "nan_d", "tiny_fx", "huge_fy", "negative_fx",
+         "k10", "k21", "far_principal_point"],
+)  # fmt: skip
+def test_singular_non_finite_or_absurd_intrinsics_raise_input_error_naming_the_problem(k, d, expected):
+    """Never a singular-matrix error or a camera that deprojects to NaN or 1e301 m (issue #11)."""
+    with pytest.raises(InputError, match=re.escape(expected)):
+        PinholeCamera(k=k, d=np.asarray(d), width=640, height=480)
+
+
+def test_skew_and_an_off_centre_principal_point_are_accepted():
+    cam = PinholeCamera(k=_k(s=0.5, cx=700.0, cy=-100.0), d=np.zeros(5), width=640, height=480)
+    assert np.all(np.isfinite(cam.deproject(np.array([[10.0, 20.0]]), 1.0)))
 
 
 def test_contains_uses_pixel_centres():

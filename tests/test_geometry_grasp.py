@@ -114,3 +114,22 @@ def test_grasp_rotation_is_deterministic_and_handles_a_normal_along_the_referenc
     np.testing.assert_allclose(side[:, 2], [1.0, 0.0, 0.0])
     np.testing.assert_allclose(side[:, 0], [0.0, 1.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(side.T @ side, np.eye(3), atol=1e-12)
+
+
+def test_a_non_finite_lift_is_a_failure_never_a_nan_pose(monkeypatch):
+    """Whatever goes wrong inside (here: a degenerate normal), the lifter answers why, in one line."""
+    from part_point_ros.geometry import grasp
+    from part_point_ros.geometry.normals import SurfaceNormal
+
+    def nan_normal(points, *, center, camera_location=None):
+        return SurfaceNormal(normal=np.full(3, np.nan), centroid=center, residual=0.0, n_points=len(points))
+
+    monkeypatch.setattr(grasp, "estimate_normal", nan_normal)
+    cam = camera()
+    depth = plane_depth(cam, plane_normal(20.0), np.array([0.0, 0.0, 1.0]))
+    result = GraspLifter().lift(80.0, 60.0, depth, cam)
+    assert isinstance(result, LiftFailure)
+    assert (
+        result.reason
+        == "the 3D point at (80.0, 60.0) is not finite: check the camera_info (K, D) and the depth image"
+    )

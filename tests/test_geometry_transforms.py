@@ -55,3 +55,11 @@ def test_non_rotation_matrix_is_rejected():
     m[0, 0] = -1.0  # a reflection
     with pytest.raises(InputError, match="proper rotation"):
         RigidTransform(m)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_transform_is_rejected(bad):
+    m = np.eye(4)
+    m[1, 3] = bad  # a translation: the rotation check alone would not see it
+    with pytest.raises(InputError, match="base<-cam has non-finite entries"):
+        RigidTransform(m, "base", "cam")

@@ -16,7 +16,15 @@ from geometry_helpers import plane_depth, plane_normal, ray_plane_point  # noqa:
 from geometry_msgs.msg import PoseStamped, TransformStamped  # noqa: E402
 from part_point_ros.msg import PartPoint, PartPointArray  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from ros_helpers import Inbox, node_publisher, ros_fixture, wait_for_match, wait_until  # noqa: E402, F401
+from ros_helpers import (  # noqa: E402, F401
+    BAD_CAMERA_INFO,
+    Inbox,
+    camera_info_msg,
+    node_publisher,
+    ros_fixture,
+    wait_for_match,
+    wait_until,
+)
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
@@ -57,7 +65,13 @@ class Rig:
     """A depth_fusion_node on its own topics, a camera streaming depth + camera_info, and inboxes."""
 
     def __init__(
-        self, ros, depth_image: Image, *, target_frame: str = "base_link", with_extrinsics: bool = True
+        self,
+        ros,
+        depth_image: Image,
+        *,
+        target_frame: str = "base_link",
+        with_extrinsics: bool = True,
+        info: CameraInfo | None = None,
     ):
         prefix = f"/t{next(_ids)}"
         params = {
@@ -101,12 +115,12 @@ class Rig:
             wait_for_match(pub)
         for topic in ("grasp_pose_topic", "points_3d_topic", "markers_topic"):
             wait_for_match(node_publisher(self.fusion, params[topic]))
-        # the camera streams (best effort, like a driver) until the test ends
+        # the camera streams (best effort, like a driver) until the test ends; ``info`` may be swapped
         depth_image.header.stamp, depth_image.header.frame_id = STAMP, OPTICAL
-        info = camera_info_from_camera(CAMERA)
-        info.header = depth_image.header
+        self.info = info if info is not None else camera_info_from_camera(CAMERA)
+        self.info.header = depth_image.header
         self._timer = self.helper.create_timer(
-            0.02, lambda: (self.info_pub.publish(info), self.depth_pub.publish(depth_image))
+            0.02, lambda: (self.info_pub.publish(self.info), self.depth_pub.publish(depth_image))
         )
 
     def send(self, *points: PartPoint, stamp: Time = STAMP) -> None:
@@ -292,3 +306,49 @@ def test_static_extrinsics_come_before_the_extrinsics_topic(rig_factory):
     p = rig.poses.wait(1)[0].pose.position
     expected = T_BASE_CAM.apply(ray_plane_point(CAMERA, 40.0, 60.0, PLANE_N, PLANE_P))
     np.testing.assert_allclose([p.x, p.y, p.z], expected, atol=1e-4)
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("kind", list(BAD_CAMERA_INFO))
+def test_invalid_camera_info_is_rejected_no_pose_is_published_and_the_node_lives_on(rig_factory, kind):
+    """Issue #11: K[2][2] = 0 crashed the node (singular matrix); NaN / inf / 1e-300 in K or D gave
+    NaN or 1e301 m poses on grasp_pose. Now: rejected on receipt, the points say why, the node goes on
+    with the next valid camera_info and then keeps it when an invalid one follows."""
+    rig = rig_factory(plane_image("32FC1"), info=camera_info_msg(CAMERA, kind))
+    u, v = 40.0, 60.0
+    rig.send(part_point(u, v))
+    (p,) = rig.points_3d.wait(1)[0].points
+    reason = BAD_CAMERA_INFO[kind][3]
+    assert not p.has_3d and p.found
+    assert p.message.startswith(
+        f"no valid camera_info on {rig.topics['camera_info_topic']}: the last one was rejected ({reason}"
+    )
+    assert not rig.poses.messages
+
+    rig.info = camera_info_msg(CAMERA, header=rig.info.header)  # the driver publishes a valid one
+    wait_until(lambda: rig.fusion.camera.camera is not None, "the valid camera_info")
+    expected = T_BASE_CAM.apply(ray_plane_point(CAMERA, u, v, PLANE_N, PLANE_P))
+    rig.send(part_point(u, v))
+    first = rig.poses.wait(1)[0].pose.position
+    np.testing.assert_allclose([first.x, first.y, first.z], expected, atol=1e-4)
+
+    rejected = rig.fusion.camera.camera_info_rejections
+    rig.info = camera_info_msg(CAMERA, kind, header=rig.info.header)  # and a broken one again
+    wait_until(lambda: rig.fusion.camera.camera_info_rejections > rejected, "the next invalid camera_info")
+    rig.send(part_point(u, v))
+    second = rig.poses.wait(2)[1].pose.position  # still lifted, with the last valid camera_info
+    np.testing.assert_allclose([second.x, second.y, second.z], expected, atol=1e-4)
+
+
+@pytest.mark.ros
+def test_depth_of_another_size_than_camera_info_is_refused(rig_factory):
+    """A 128x96 camera_info with 256x192 depth: refused with the sizes, not lifted at the wrong place."""
+    big = PinholeCamera.from_intrinsics(fx=400.0, fy=400.0, cx=127.5, cy=95.5, width=256, height=192)
+    rig = rig_factory(numpy_to_image(plane_depth(big, PLANE_N, PLANE_P).astype(np.float32), "32FC1"))
+    rig.send(part_point(40.0, 60.0))
+    (p,) = rig.points_3d.wait(1)[0].points
+    assert not p.has_3d
+    assert p.message == (
+        "depth image is 256x192 but camera_info says 128x96: use depth aligned to the colour image"
+    )
+    assert not rig.poses.messages

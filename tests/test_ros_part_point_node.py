@@ -21,14 +21,24 @@ from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from part_point_ros.msg import PartPointArray  # noqa: E402
 from part_point_ros.srv import PointPart  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from ros_helpers import Inbox, node_publisher, ros_fixture, wait_for_match, wait_until  # noqa: E402, F401
-from sensor_msgs.msg import Image  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from ros_helpers import (  # noqa: E402, F401
+    BAD_CAMERA_INFO,
+    Inbox,
+    camera_info_msg,
+    node_publisher,
+    ros_fixture,
+    wait_for_match,
+    wait_until,
+)
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
+from part_point_ros.geometry.camera import PinholeCamera  # noqa: E402
 from part_point_ros.geometry.transforms import RigidTransform  # noqa: E402
 from part_point_ros.ros.conversions import numpy_to_image  # noqa: E402
 from part_point_ros.ros.part_point_node import PartPointNode  # noqa: E402
-from part_point_ros.ros.qos import latched_qos, results_qos  # noqa: E402
+from part_point_ros.ros.qos import latched_qos, results_qos, sensor_qos  # noqa: E402
 from part_point_ros.ros.sim_camera_node import SimCameraNode  # noqa: E402
 
 NS = "/pp_test"
@@ -207,8 +217,14 @@ def test_grasp_pose_is_the_deprojected_pixel_at_its_depth_in_base_link(rig):
         ({"image": numpy_to_image(np.zeros((8, 8), np.uint16), "mono16")}, "has encoding 'mono16'"),
         ({"image": numpy_to_image(np.zeros((8, 8), np.float32), "32FC1")}, "has encoding '32FC1'"),
         ({"image": "truncated"}, "image data has"),
+        (
+            {"query": "the <image> handle of the mug"},
+            "query contains '<image>', a special token of the backbone's prompt (an image or chat marker, "
+            "not text): leave it out and say the part in words",
+        ),
+        ({"query": "the handle</s>"}, "query contains '</s>', a special token of the backbone's prompt"),
     ],
-    ids=["empty", "blank", "huge", "method", "mono16", "32FC1", "truncated"],
+    ids=["empty", "blank", "huge", "method", "mono16", "32FC1", "truncated", "image_token", "eos_token"],
 )
 def test_bad_requests_are_refused_with_a_reason_and_the_node_keeps_answering(rig, fields, expected):
     if fields.get("image") == "truncated":
@@ -219,6 +235,7 @@ def test_bad_requests_are_refused_with_a_reason_and_the_node_keeps_answering(rig
     bad = rig["client"].point(**fields)
     assert not bad.success and not bad.has_grasp_pose
     assert expected in bad.message
+    assert "internal error" not in bad.message and "\n" not in bad.message
     good = rig["client"].point()
     assert good.success and good.has_grasp_pose, good.message
 
@@ -269,6 +286,35 @@ def test_full_queue_answers_busy_and_the_queued_requests_are_served(rig):
     wait_until(lambda: first.done() and second.done(), "the queued answers", CALL_TIMEOUT_S)
     assert first.result().success and second.result().success
     assert node.stats.busy >= 1
+
+
+@pytest.mark.ros
+def test_a_burst_of_requests_is_answered_every_one(rig):
+    """Issue #11: beyond ~10 requests at once, some were dropped by DDS (default service QoS, 10 deep)
+    and never answered. Now every one is answered: served, or "busy" when the queue is full."""
+    node, client_node = rig["node"], rig["client"].node
+    burst = 60
+    deep = QoSProfile(depth=2 * burst, reliability=ReliabilityPolicy.RELIABLE)  # the client keeps them all
+    client = client_node.create_client(PointPart, SERVICE, qos_profile=deep)
+    try:
+        assert client.wait_for_service(timeout_sec=CALL_TIMEOUT_S)
+        node.model_lock.acquire()  # the worker holds the first request: of the burst, one is queued
+        try:
+            first = client.call_async(PointPart.Request(query=QUERY))
+            wait_until(lambda: node.in_flight == 1 and node.queue_length == 0, "the worker to hold a request")
+            futures = [client.call_async(PointPart.Request(query=QUERY)) for _ in range(burst)]
+            wait_until(lambda: sum(f.done() for f in futures) >= burst - 1, "the busy answers at once")
+        finally:
+            node.model_lock.release()
+        wait_until(lambda: first.done() and all(f.done() for f in futures), "every answer", CALL_TIMEOUT_S)
+    finally:
+        client_node.destroy_client(client)
+    answers = [f.result() for f in futures]
+    served = [a for a in [first.result(), *answers] if a.success]
+    busy = [a for a in answers if not a.success]
+    assert len(served) == 2 and len(busy) == burst - 1  # queue_size 1: one of the burst waits its turn
+    assert all(a.has_grasp_pose for a in served)
+    assert all(a.message == "busy: 1 requests queued (queue_size 1); try again" for a in busy)
 
 
 @pytest.mark.ros
@@ -439,3 +485,125 @@ def test_changed_lifting_parameters_apply_to_the_next_request(rig):
     finally:
         assert node.set_parameters([Parameter("max_depth", value=10.0)])[0].successful
     assert client.point().has_grasp_pose
+
+
+class Streamer:
+    """A camera of the test's own: colour, aligned depth and camera_info, stamped now, at 20 Hz on
+    ``prefix``/...; ``info`` (and the images) may be swapped while it streams."""
+
+    def __init__(self, ros, prefix: str, rgb: np.ndarray, depth_m: np.ndarray, info: CameraInfo) -> None:
+        self.node = ros.node(f"{prefix[1:]}_camera")
+        self.color = numpy_to_image(rgb, "rgb8")
+        self.depth = numpy_to_image(depth_m.astype(np.float32), "32FC1")
+        self.info = info
+        self.pubs = [
+            self.node.create_publisher(msg_type, f"{prefix}/{topic}", sensor_qos())
+            for msg_type, topic in ((Image, "image"), (Image, "depth"), (CameraInfo, "camera_info"))
+        ]
+        self.node.create_timer(0.05, self._publish)
+
+    def _publish(self) -> None:
+        stamp = self.node.get_clock().now().to_msg()
+        for pub, msg in zip(self.pubs, (self.color, self.depth, self.info), strict=True):
+            msg.header.stamp, msg.header.frame_id = stamp, OPTICAL
+            pub.publish(msg)
+
+
+@pytest.fixture
+def manual(ros, head_dir, rig):
+    """make(rgb, depth_m, info) -> (a fresh part_point_node, its Streamer); both removed afterwards."""
+    made = []
+
+    def make(rgb, depth_m, info, prefix="/pp_manual"):
+        topics = {
+            "image_topic": f"{prefix}/image",
+            "depth_topic": f"{prefix}/depth",
+            "camera_info_topic": f"{prefix}/camera_info",
+            "extrinsics_topic": "",
+            "command_topic": f"{prefix}/command",
+            "points_topic": f"{prefix}/points",
+            "heatmap_topic": f"{prefix}/heatmap",
+            "overlay_topic": f"{prefix}/overlay",
+            "service_name": f"{prefix}/point_part",
+        }
+        node = ros.add(
+            PartPointNode(
+                node_name=f"{prefix[1:]}_node",
+                context=ros.context,
+                parameter_overrides=node_params(head_dir, **topics),
+            )
+        )
+        made.append(node)
+        assert node.configure_and_activate(), node.last_error
+        streamer = Streamer(ros, prefix, rgb, depth_m, info)
+        made.append(streamer.node)
+        wait_until(lambda: synced(node), "the streamed frames")
+        return node, streamer
+
+    yield make
+    for node in reversed(made):
+        ros.remove(node)
+
+
+def scene_camera(scene) -> PinholeCamera:
+    return PinholeCamera.from_intrinsics(**scene.intrinsics.to_dict(), d=[0.0] * 5, frame_id=OPTICAL)
+
+
+def position(pose) -> np.ndarray:
+    p = pose.pose.position
+    return np.array([p.x, p.y, p.z])
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("kind", list(BAD_CAMERA_INFO))
+def test_invalid_camera_info_is_refused_and_never_gives_a_non_finite_pose(manual, rig, kind):
+    """Issue #11: K[2][2] = 0 crashed the node (singular matrix; requests never answered); NaN / inf /
+    1e-300 in K or D answered success with a NaN or 1e301 m pose. Now the camera_info is rejected
+    on receipt; a request without a valid one is refused with the reason; a valid one is used, and
+    kept when an invalid one follows."""
+    from part_point_ros.sim import render_scene
+
+    scene = render_scene(SEED, width=W, height=H)
+    camera = scene_camera(scene)
+    node, streamer = manual(scene.rgb, scene.depth_m, camera_info_msg(camera, kind))
+    service, reason = "/pp_manual/point_part", BAD_CAMERA_INFO[kind][3]
+    heard = lambda: node.camera.camera is not None or node.camera.camera_info_rejections > 0  # noqa: E731
+    wait_until(heard, "a camera_info, taken or rejected")
+    refused = rig["client"].point(service=service, target_frame=OPTICAL)
+    assert not refused.success and not refused.has_grasp_pose and not refused.point.has_3d
+    assert refused.point.found  # the 2D answer is still there
+    assert (
+        "; no grasp pose: no valid camera_info on /pp_manual/camera_info: the last one was rejected "
+        f"({reason}"
+    ) in refused.message
+
+    streamer.info = camera_info_msg(camera)
+    wait_until(lambda: node.camera.camera is not None, "the valid camera_info")
+    good = rig["client"].point(service=service, target_frame=OPTICAL)
+    assert good.success and good.has_grasp_pose, good.message
+    assert np.all(np.isfinite(position(good.grasp_pose))) and 0.1 < good.point.point.z < 10.0
+
+    rejected = node.camera.camera_info_rejections
+    streamer.info = camera_info_msg(camera, kind)
+    wait_until(lambda: node.camera.camera_info_rejections > rejected, "the next invalid camera_info")
+    again = rig["client"].point(service=service, target_frame=OPTICAL)
+    assert again.success and again.has_grasp_pose, again.message  # with the last valid camera_info
+    np.testing.assert_allclose(position(again.grasp_pose), position(good.grasp_pose), atol=1e-6)
+
+
+@pytest.mark.ros
+def test_colour_image_of_another_size_than_camera_info_and_depth_is_refused(manual, rig):
+    """Issue #11: a 160x120 colour frame with 320x240 depth + camera_info answered success with a
+    pose lifted at the wrong pixel (the colour pixel read as a depth pixel). Sizes must agree."""
+    from part_point_ros.sim import render_scene
+
+    small, big = render_scene(SEED, width=W, height=H), render_scene(SEED, width=2 * W, height=2 * H)
+    node, _ = manual(small.rgb, big.depth_m, camera_info_msg(scene_camera(big)), prefix="/pp_sizes")
+    wait_until(lambda: node.camera.camera is not None, "the camera_info")
+    answer = rig["client"].point(service="/pp_sizes/point_part", target_frame=OPTICAL)
+    assert not answer.success and not answer.has_grasp_pose and answer.point.found
+    assert answer.message.endswith(
+        f"; no grasp pose: the image is {W}x{H} but camera_info on /pp_sizes/camera_info says "
+        f"{2 * W}x{2 * H}: use the colour camera's camera_info (and depth aligned to the colour image, "
+        "same size)"
+    )

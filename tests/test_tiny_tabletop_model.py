@@ -1,8 +1,8 @@
 """The shipped tiny-tabletop backbone: loads like llava-1.5-7b, sees the whole scene, answers
 held-out colour questions above chance, and its attention finds the asked object.
 
-The model in models/tiny-tabletop-llava was trained by scripts/train_tiny_tabletop.py on train seeds
-only; the questions here are about test seeds (200000..), which it never saw.
+The model in models/tiny-tabletop-llava was trained by `part-point backbone` (docs/tiny_tabletop.md)
+on train seeds only; the questions here are about test seeds (200000..), which it never saw.
 """
 
 from __future__ import annotations

@@ -108,6 +108,7 @@ class GraspLifter:
         pts = local_points(
             depth_m, camera, u, v, radius_px=self.normal_radius, depth_center=z0, depth_band=band
         )
+        pts = pts[np.all(np.isfinite(pts), axis=1)]  # (N, 3): a failed undistortion gives NaN rows
         if pts.shape[0] < self.min_points:
             return LiftFailure(
                 f"too few depth points around ({u:.1f}, {v:.1f}) for a surface normal: "
@@ -125,6 +126,11 @@ class GraspLifter:
             if t > 0 and abs(t - z0) <= band:
                 point = ray * t
         rotation = grasp_rotation(surface.normal)
+        if not all(np.all(np.isfinite(a)) for a in (point, surface.normal, rotation)):
+            return LiftFailure(
+                f"the 3D point at ({u:.1f}, {v:.1f}) is not finite: check the camera_info (K, D) "
+                "and the depth image"
+            )
         pose = RigidTransform.from_rotation_translation(rotation, point, parent_frame=camera.frame_id)
         return GraspResult(
             point=point,

@@ -48,6 +48,8 @@ class RigidTransform:
         m = np.asarray(self.matrix, dtype=np.float64)
         if m.shape != (4, 4):
             raise InputError(f"a rigid transform is a 4x4 matrix, got shape {m.shape}")
+        if not np.all(np.isfinite(m)):
+            raise InputError(f"the transform {self.parent_frame}<-{self.child_frame} has non-finite entries")
         r = m[:3, :3]
         if not np.allclose(r @ r.T, np.eye(3), atol=1e-6) or np.linalg.det(r) < 0:
             raise InputError("the rotation part of the transform is not a proper rotation matrix")

@@ -79,6 +79,8 @@ class CameraBuffer:
         self._lock = threading.Lock()
         self._colors: deque[Image] = deque(maxlen=depth_size)
         self._camera: PinholeCamera | None = None
+        self._camera_info_error = ""  # why the last rejected camera_info was rejected
+        self.camera_info_rejections = 0  # camera_info messages rejected so far
         self._depth: deque[Image] = deque(maxlen=depth_size)
         self._static = list(static or [])
         self._from_topic: dict[tuple[str, str], RigidTransform] = {}
@@ -92,11 +94,24 @@ class CameraBuffer:
             self._colors.append(msg)
 
     def add_camera_info(self, msg: CameraInfo) -> str:
-        """'' when taken, else why the camera_info was dropped."""
+        """'' when taken, else one line saying why the camera_info was rejected and how to fix it.
+
+        A rejected camera_info (singular or non-finite K, non-finite D, implausible focal length,
+        zero size, ...) leaves the last valid one in use, or none: then lifting says why.
+        """
         try:
             camera = camera_from_camera_info(msg)
-        except PartPointError as err:
-            return str(err)
+        except Exception as err:  # noqa: BLE001 - no camera_info may stop the node
+            reason = one_line(err)
+            with self._lock:
+                self._camera_info_error = reason
+                self.camera_info_rejections += 1
+                kept = self._camera is not None
+            keeping = "keeping the last valid one" if kept else "none valid yet, so no grasp poses"
+            return (
+                f"camera_info on {self._camera_info_topic} (frame {msg.header.frame_id!r}) rejected: "
+                f"{reason}; {keeping}; fix the camera's calibration (or its driver)"
+            )
         with self._lock:
             self._camera = camera
         return ""
@@ -142,6 +157,12 @@ class CameraBuffer:
             return self._camera
 
     @property
+    def camera_info_error(self) -> str:
+        """Why the last rejected camera_info was rejected ('' when none was)."""
+        with self._lock:
+            return self._camera_info_error
+
+    @property
     def extrinsics(self) -> list[RigidTransform]:
         """Known transforms: static ones first, then those from the extrinsics topic."""
         with self._lock:
@@ -174,8 +195,12 @@ class CameraBuffer:
 
     def metric_depth(self, depth: Image) -> DepthFrame | str:
         """A buffered depth message -> DepthFrame (metres + the camera model), or why it is unusable."""
-        camera = self.camera
+        with self._lock:
+            camera, rejected = self._camera, self._camera_info_error
         if camera is None:
+            if rejected:
+                topic = self._camera_info_topic
+                return f"no valid camera_info on {topic}: the last one was rejected ({rejected})"
             return f"no camera_info received on {self._camera_info_topic}"
         try:
             depth_m = depth_to_metres(image_to_numpy(depth), depth.encoding)
@@ -200,6 +225,8 @@ class CameraBuffer:
                     return transform_from_msg(self._tf_buffer.lookup_transform(target, source, when))
                 except errors:
                     continue
+                except PartPointError as err:  # e.g. NaN in the transform
+                    return f"the tf2 transform from {source!r} to {target!r} is unusable: {err}"
         names = ", ".join(f"{t.parent_frame}<-{t.child_frame}" for t in known) or "none"
         tf = "has none" if self._tf_buffer is not None else "not in use" if tf2_ros else "not installed"
         return (
@@ -209,10 +236,20 @@ class CameraBuffer:
 
     # ------------------------------------------------------------------ lifting
     def lift(
-        self, header: Header, u: float, v: float, target_frame: str, *, lifter: GraspLifter, tolerance: float
+        self,
+        header: Header,
+        u: float,
+        v: float,
+        target_frame: str,
+        *,
+        lifter: GraspLifter,
+        tolerance: float,
+        image_size: tuple[int, int] | None = None,
     ) -> Lifted | str:
         """Pixel (u, v) of the colour image with ``header`` -> (point, normal) in its optical frame
-        and the grasp pose in ``target_frame``, with the depth frame nearest its stamp; or why not."""
+        and the grasp pose in ``target_frame``, with the depth frame nearest its stamp; or why not.
+
+        ``image_size`` (width, height) of the colour image, when known, must be camera_info's."""
         if not header.frame_id:
             return NO_FRAME_ID
         depth = self.depth_near(header.stamp, tolerance)
@@ -221,15 +258,35 @@ class CameraBuffer:
         frame = self.metric_depth(depth)
         if isinstance(frame, str):
             return frame
-        return self.lift_in(frame, header, u, v, target_frame, lifter=lifter)
+        return self.lift_in(frame, header, u, v, target_frame, lifter=lifter, image_size=image_size)
 
     def lift_in(
-        self, frame: DepthFrame, header: Header, u: float, v: float, target_frame: str, *, lifter: GraspLifter
+        self,
+        frame: DepthFrame,
+        header: Header,
+        u: float,
+        v: float,
+        target_frame: str,
+        *,
+        lifter: GraspLifter,
+        image_size: tuple[int, int] | None = None,
     ) -> Lifted | str:
-        """Pixel (u, v) of the image with ``header`` lifted with the depth ``frame`` (matched to it)."""
+        """Pixel (u, v) of the image with ``header`` lifted with the depth ``frame`` (matched to it).
+
+        Colour, camera_info and depth must have one size: aligned depth shares the colour image's
+        pixel grid, and intrinsics of another resolution would put the point elsewhere (no scaling
+        is done). The depth size is checked by the lifter, the colour size here (``image_size``).
+        The result is finite or a reason, never a NaN or infinite pose."""
         optical = header.frame_id
         if not optical:
             return NO_FRAME_ID
+        camera = frame.camera
+        if image_size is not None and tuple(image_size) != (camera.width, camera.height):
+            return (
+                f"the image is {image_size[0]}x{image_size[1]} but camera_info on {self._camera_info_topic} "
+                f"says {camera.width}x{camera.height}: use the colour camera's camera_info (and depth "
+                "aligned to the colour image, same size)"
+            )
         if frame.header.frame_id and frame.header.frame_id != optical:
             return (
                 f"depth is in frame {frame.header.frame_id!r} but the image in {optical!r}: "
@@ -241,11 +298,24 @@ class CameraBuffer:
         to_target = self.transform(target_frame, optical, header.stamp)
         if isinstance(to_target, str):
             return to_target
-        grasp = to_target @ RigidTransform(result.pose.matrix, optical, "grasp")
+        try:  # both are finite (the lifter and RigidTransform check): so is the product
+            grasp = to_target @ RigidTransform(result.pose.matrix, optical, "grasp")
+        except PartPointError as err:
+            return f"grasp pose unusable: {err}"
         return result.point, result.normal, pose_stamped_msg(grasp, header.stamp)
 
 
 NO_FRAME_ID = "the image has no frame_id: cannot place the point in 3D"
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an error (with its type unless it is one of ours)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, PartPointError):
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 DROP_LOG_THROTTLE_S = 2.0  # at most one warning per 2 s for a stream of dropped messages
 
 

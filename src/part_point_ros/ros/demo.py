@@ -80,7 +80,7 @@ PART_SURFACE_TOL_MM = 5.0  # a hit's grasp point this close to the part's surfac
 _SOURCE_ROOT = Path(__file__).resolve().parents[3]
 _HOW_TO_GET = {
     DEFAULT_BACKBONE: "it ships in the repository's models/ (run from the checkout, e.g. scripts/demo.sh), "
-    "or train it: python scripts/train_tiny_tabletop.py --out models/tiny-tabletop-llava; "
+    "or train it: part-point backbone ... (docs/tiny_tabletop.md); "
     "or pass --backbone DIR",
     DEFAULT_HEAD: "it ships in the repository's models/ (run from the checkout, e.g. scripts/demo.sh), "
     "or train a head (part-point train, docs/training.md) and pass --head DIR",

@@ -12,7 +12,9 @@ array waits up to ``depth_wait`` seconds for its depth frame. Buffering, lifting
 lookup are part_point_node's (ros.camera_buffer): the optical frame goes to ``target_frame`` by the
 static extrinsics (``extrinsics_file`` or ``extrinsics.*``), else the latest transform on the
 extrinsics topic (so a scene switch of the synthetic camera moves the poses with it), else tf2 when
-tf2_ros is importable. Every entity is made in the constructor and lives as long as the node.
+tf2_ros is importable. camera_info is validated on receipt: an invalid one (singular or non-finite
+K, ...) is rejected with one throttled warning, the last valid one stays in use, and no pose is ever
+NaN or infinite. Every entity is made in the constructor and lives as long as the node.
 """
 
 from __future__ import annotations

@@ -19,7 +19,13 @@ Service:  /point_part (part_point_ros/srv/PointPart).
 Concurrency: inference runs in ONE worker thread fed by a bounded queue (``queue_size``). The
 service callback is a coroutine in a reentrant callback group: it validates the request, queues a
 job and awaits an rclpy Future that the worker completes, so no executor thread waits on inference
-and a full queue is answered at once with "busy: N requests queued".
+and a full queue is answered at once with "busy: N requests queued". The service's own QoS keeps
+``queue_size`` + qos.SERVICE_BURST requests, so a burst is answered (busy) rather than dropped by DDS.
+A query holding a special token of the backbone's prompt (``<image>``, ``</s>``, ...) is refused.
+
+camera_info is validated on receipt (ros.camera_buffer): an invalid one is rejected with one
+throttled warning and the last valid one stays in use; colour, depth and camera_info must have one
+size. A grasp pose is never NaN or infinite.
 
 "Latest frame" is the newest colour frame that has an aligned depth frame within ``stamp_tolerance``
 (camera streams are best effort: the newest frame's depth may be lost), else the newest colour frame;
@@ -61,7 +67,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
 
-from part_point_ros.errors import CheckpointError, InputError, PartPointError
+from part_point_ros.errors import CheckpointError, InputError
 from part_point_ros.grounding.inputs import check_query
 from part_point_ros.grounding.result import PointResult, draw_overlay
 from part_point_ros.msg import PartPoint, PartPointArray
@@ -72,9 +78,10 @@ from part_point_ros.ros.camera_buffer import (
     tf_listener,
     warn_on_drop,
 )
+from part_point_ros.ros.camera_buffer import one_line as _one_line  # the first line of an error
 from part_point_ros.ros.conversions import image_to_numpy, numpy_to_image, point_msg, vector_msg
 from part_point_ros.ros.params import PART_POINT_PARAMS, check_changes, declare
-from part_point_ros.ros.qos import QOS_OVERRIDES, latched_qos, results_qos, sensor_qos
+from part_point_ros.ros.qos import QOS_OVERRIDES, latched_qos, results_qos, sensor_qos, service_qos
 from part_point_ros.ros.spin import ros_context, run_main
 from part_point_ros.srv import PointPart
 
@@ -89,13 +96,6 @@ _CONFIGURE_TIME = {s.name for s in PART_POINT_PARAMS if s.configure_time}
 # best-effort publisher on the command topic goes without the "incompatible QoS" warning.
 _NO_SUB_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
 _NO_PUB_EVENTS = PublisherEventCallbacks(use_default_callbacks=False)
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if isinstance(err, PartPointError):
-        return text or type(err).__name__
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 class _Refused(Exception):
@@ -144,8 +144,10 @@ class PartPointNode(LifecycleNode):
         self._pointer: Any = None
         self._configured = False
         self._active = False
-        self._jobs: queue.Queue | None = None
+        self._jobs: queue.Queue | None = None  # None while no worker takes jobs
+        self._queue_lock = threading.Lock()  # jobs are queued, or the queue closed, one at a time
         self._worker: threading.Thread | None = None
+        self._reserved: tuple[str, ...] = ()  # special tokens of the backbone's prompt
         self._in_flight = 0
         self.camera = CameraBuffer(depth_size=1)
         self._tf_listener = None
@@ -216,7 +218,11 @@ class PartPointNode(LifecycleNode):
             "diagnostics": publisher(DiagnosticArray, "/diagnostics", results_qos()),
         }
         self._service = self.create_service(
-            PointPart, self._p("service_name"), self._on_point_part, callback_group=ReentrantCallbackGroup()
+            PointPart,
+            self._p("service_name"),
+            self._on_point_part,
+            qos_profile=service_qos(self._p("queue_size")),
+            callback_group=ReentrantCallbackGroup(),
         )
         if self._p("extrinsics_topic"):
             self._extrinsics_sub = self.create_subscription(
@@ -226,9 +232,14 @@ class PartPointNode(LifecycleNode):
                 latched_qos(),
                 event_callbacks=_NO_SUB_EVENTS,
             )
-        self._jobs = queue.Queue(maxsize=self._p("queue_size"))
-        self._worker = threading.Thread(target=self._work, name="part_point_inference", daemon=True)
+        self._reserved = reserved_tokens(self._pointer)
+        jobs = queue.Queue(maxsize=self._p("queue_size"))
+        self._worker = threading.Thread(
+            target=self._work, args=(jobs,), name="part_point_inference", daemon=True
+        )
         self._worker.start()
+        with self._queue_lock:
+            self._jobs = jobs
         self._configured = True
         self.last_error = ""
         info = self._pointer.backbone.info
@@ -336,15 +347,18 @@ class PartPointNode(LifecycleNode):
 
     def _teardown(self, why: str) -> None:
         self._stop_inputs()
-        if self._worker is not None:
-            while True:  # answer what is still queued, then stop the worker
+        with self._queue_lock:  # no job is queued after this
+            jobs, self._jobs = self._jobs, None
+        if jobs is not None:  # answer what is still queued, then stop the worker
+            while True:
                 try:
-                    job = self._jobs.get_nowait()
+                    job = jobs.get_nowait()
                 except queue.Empty:
                     break
                 if job is not None:
                     self._finish(job, _Outcome(False, f"{why}: request dropped", PartPoint(query=job.query)))
-            self._jobs.put(None)
+            jobs.put(None)
+        if self._worker is not None:
             self._worker.join()
             self._worker = None
         for pub in self._pubs.values():
@@ -360,6 +374,7 @@ class PartPointNode(LifecycleNode):
         with self.model_lock:
             device = self._p("device")
             self._pointer = None
+            self._reserved = ()
         self._configured = False
         gc.collect()
         if device.startswith("cuda"):
@@ -371,18 +386,25 @@ class PartPointNode(LifecycleNode):
     def _on_command(self, msg: String) -> None:
         try:
             self._enqueue(self._make_job(msg.data, None, "", with_future=False))
-        except (_Refused, InputError) as err:
+        except Exception as err:  # noqa: BLE001 - a bad command is dropped with a warning, never fatal
             self.stats.failed += 1
-            self.get_logger().warning(f"command {msg.data[:60]!r} dropped: {err}", throttle_duration_sec=1.0)
+            why = str(err) if isinstance(err, (_Refused, InputError)) else f"internal error: {_one_line(err)}"
+            self.get_logger().warning(f"command {msg.data[:60]!r} dropped: {why}", throttle_duration_sec=1.0)
 
     # ------------------------------------------------------------------ the service
     async def _on_point_part(self, request, response):
+        """Every request is answered: queued and awaited, or refused at once (busy, invalid, ...)."""
         start = time.perf_counter()
         try:
             job = self._make_job(request.query, request.image, request.target_frame, method=request.method)
             self._enqueue(job)
-        except (_Refused, InputError) as err:
-            outcome = _Outcome(False, str(err), PartPoint(query=request.query[:200]))
+        except Exception as err:  # noqa: BLE001 - a request that cannot be queued is answered why
+            if isinstance(err, (_Refused, InputError)):
+                message = str(err)
+            else:
+                message = f"internal error: {_one_line(err)}"
+                self.get_logger().error(message, throttle_duration_sec=1.0)
+            outcome = _Outcome(False, message, PartPoint(query=request.query[:200]))
             self.stats.failed += 1
             self.stats.last_message = outcome.message
         else:
@@ -413,6 +435,12 @@ class PartPointNode(LifecycleNode):
             state = "inactive" if self._configured else "unconfigured"
             raise _Refused(f"part_point_node is not active ({state}): configure and activate it first")
         text = check_query(query, max_chars=pointer.max_query_chars)
+        token = next((t for t in self._reserved if t in text), None)
+        if token is not None:
+            raise _Refused(
+                f"query contains {token!r}, a special token of the backbone's prompt (an image or "
+                "chat marker, not text): leave it out and say the part in words"
+            )
         if method and method != pointer.method:
             raise _Refused(
                 f"method {method!r} is not loaded: this node serves {pointer.method!r} (parameter method)"
@@ -447,13 +475,19 @@ class PartPointNode(LifecycleNode):
         return _rgb(msg, f"the image on {topic}"), msg.header
 
     def _enqueue(self, job: _Job) -> None:
-        try:
-            self._jobs.put_nowait(job)
-        except queue.Full:
-            self.stats.busy += 1
-            raise _Refused(
-                f"busy: {self._jobs.qsize()} requests queued (queue_size {self._jobs.maxsize}); try again"
-            ) from None
+        with self._queue_lock:
+            jobs = self._jobs
+            if jobs is None:
+                raise _Refused(
+                    "part_point_node is not configured (its worker is stopped): configure it first"
+                )
+            try:
+                jobs.put_nowait(job)
+            except queue.Full:
+                self.stats.busy += 1
+                raise _Refused(
+                    f"busy: {jobs.qsize()} requests queued (queue_size {jobs.maxsize}); try again"
+                ) from None
 
     @property
     def queue_length(self) -> int:
@@ -466,8 +500,7 @@ class PartPointNode(LifecycleNode):
         return self._in_flight
 
     # ------------------------------------------------------------------ the worker
-    def _work(self) -> None:
-        jobs = self._jobs
+    def _work(self, jobs: queue.Queue) -> None:
         while True:
             job = jobs.get()
             if job is None:
@@ -541,7 +574,10 @@ class PartPointNode(LifecycleNode):
     def _grasp(self, job: _Job, u: float, v: float) -> tuple[np.ndarray, np.ndarray, PoseStamped] | str:
         """(point, normal) in the optical frame and the grasp pose in the target frame, or why not."""
         tolerance = self._p("stamp_tolerance")
-        return self.camera.lift(job.header, u, v, job.target_frame, lifter=self._lifter, tolerance=tolerance)
+        size = (job.image.shape[1], job.image.shape[0])  # (H, W, 3) -> (width, height)
+        return self.camera.lift(
+            job.header, u, v, job.target_frame, lifter=self._lifter, tolerance=tolerance, image_size=size
+        )
 
     # ------------------------------------------------------------------ outputs
     def _publish(self, job: _Job, result: PointResult, point: PartPoint) -> None:
@@ -604,6 +640,25 @@ class PartPointNode(LifecycleNode):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._pubs["diagnostics"].publish(array)
+
+
+def reserved_tokens(pointer: Any) -> tuple[str, ...]:
+    """The special tokens of the pointer's backbone prompt (``<image>``, ``<|image_pad|>``, ``</s>``, ...).
+
+    A query is put into the prompt as text, and a tokenizer turns a special token's string into that
+    token wherever it appears: ``<image>`` in a LLaVA query adds an image slot, and the processor then
+    fails with "N image tokens in the prompt". Longest first, so the reason names the whole token.
+    """
+    processor = getattr(pointer.backbone, "processor", None)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    found = {"<image>"}  # LLaVA's placeholder, also when the tokenizer cannot be read
+    image_token = getattr(processor, "image_token", None)
+    if isinstance(image_token, str):
+        found.add(image_token)
+    found.update(getattr(tokenizer, "all_special_tokens", None) or ())
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found.update(t.content for t in added.values() if getattr(t, "special", False))
+    return tuple(sorted((t for t in found if isinstance(t, str) and t.strip()), key=len, reverse=True))
 
 
 def _rgb(msg: Image, what: str) -> np.ndarray:

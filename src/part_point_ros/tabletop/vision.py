@@ -22,6 +22,7 @@ from part_point_ros.tabletop.schedule import load_state, lr_at, save_state
 from part_point_ros.tabletop.targets import GROUPS, SUB, stacked_targets
 
 OBJECT_WEIGHT = 4.0
+MAX_BALANCE = 8.0
 
 
 @dataclass
@@ -39,6 +40,7 @@ class VisionOptions:
     seed: int = 0
     eval_every: int = 250
     save_every: int = 100
+    balance: bool = True
 
 
 class DenseProbe(torch.nn.Module):
@@ -64,10 +66,26 @@ def tower_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
     return hidden[:, 1:]
 
 
-def dense_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Soft cross-entropy summed over the groups, object tokens weighted ``OBJECT_WEIGHT``."""
+def pair_balance(pair_targets: np.ndarray) -> torch.Tensor:
+    """(C,) weight per object:part class: (median count / count) ** 0.5 over the tokens each class
+    dominates, clipped to [1, MAX_BALANCE] ("none" gets 1): rare, small parts count more."""
+    dominant = np.asarray(pair_targets, dtype=np.float32).mean(-2).argmax(-1).ravel()
+    counts = np.bincount(dominant, minlength=pair_targets.shape[-1]).astype(np.float64)
+    median = np.median(counts[:-1][counts[:-1] > 0])
+    weight = np.clip(np.sqrt(median / np.maximum(counts, 1.0)), 1.0, MAX_BALANCE)
+    weight[-1] = 1.0
+    return torch.as_tensor(weight, dtype=torch.float32)
+
+
+def dense_loss(
+    logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], balance: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Soft cross-entropy summed over the groups; a token's weight is ``OBJECT_WEIGHT`` on an object
+    (1 on the table), times ``balance`` of the object:part that covers most of it."""
     on_object = 1.0 - targets["object_type"][..., -1]  # (B, P) share of the token on an object
     weight = 1.0 + (OBJECT_WEIGHT - 1.0) * (on_object > 0).float()
+    if balance is not None:
+        weight = weight * balance[targets["pair"].mean(-2).argmax(-1)]  # (B, P)
     total = 0.0
     for name, lg in logits.items():
         ce = -(targets[name] * torch.log_softmax(lg, dim=-1)).sum(-1)  # (B, P[, 4])
@@ -126,6 +144,7 @@ def train_vision(opts: VisionOptions, words) -> Path:
     pixels, val_pixels = pixel_tensor(processor, train_set.rgb), pixel_tensor(processor, val_set.rgb)
     targets = stacked_targets(train_set.part_ids, train_set.facts, side)
     val_targets = stacked_targets(val_set.part_ids, val_set.facts, side)
+    balance = pair_balance(targets["pair"]) if opts.balance else None
     tower = model.model.vision_tower
     probe = DenseProbe(tower.config.hidden_size)
     params = [*tower.parameters(), *probe.parameters()]
@@ -144,7 +163,7 @@ def train_vision(opts: VisionOptions, words) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, opts.steps, opts.lr, opts.warmup)
         batch_targets = {k: torch.as_tensor(v[idx]).float() for k, v in targets.items()}
-        loss = dense_loss(probe(tower_tokens(model, pixels[idx].float())), batch_targets)
+        loss = dense_loss(probe(tower_tokens(model, pixels[idx].float())), batch_targets, balance)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -23,7 +23,8 @@ import numpy as np
 
 from part_point_ros.types import ImageGrid
 
-GROUP_KEYS = ("category", "object", "part", "query_kind", "instruction_kind")
+GROUP_KEYS = ("category", "object", "part", "query_kind", "instruction_kind", "mask_size")
+SMALL_MASK_PIXELS = 400  # targets under this many pixels are reported apart ("mask_size" group)
 
 
 def _pixel(mask: np.ndarray, x: float, y: float) -> tuple[int, int] | None:
@@ -106,6 +107,8 @@ def score_prediction(
 ) -> PredictionRecord:
     """Score (x, y) against ``mask``; without a ``grid`` patch accuracy cannot be computed (False)."""
     mask = np.asarray(mask, dtype=bool)
+    meta = dict(meta or {})
+    meta.setdefault("mask_size", "small" if int(mask.sum()) < SMALL_MASK_PIXELS else "large")
     return PredictionRecord(
         sample_id=sample_id,
         method=method,
@@ -116,7 +119,7 @@ def score_prediction(
         hit=point_hit(mask, x, y),
         patch_hit=patch_hit(mask, grid, x, y) if grid is not None else False,
         latency_ms=float(latency_ms),
-        meta=dict(meta or {}),
+        meta=meta,
     )
 
 
