@@ -146,3 +146,12 @@ def test_placeholders_and_usage():
     assert proc.returncode == 2 and "usage" in proc.stderr  # argparse: missing IMAGE and QUERY
     proc = run_cli("--help")
     assert proc.returncode == 0 and "select-heads" in proc.stdout and "bench" in proc.stdout
+
+
+@pytest.mark.parametrize("query", ["the <image> handle", "the handle</s>"])
+def test_a_special_token_in_the_query_is_refused_in_one_line(image_png, tiny_llava_dir, llava_head, query):
+    """The query reaches the prompt as text: a special token would add an image slot or end the turn."""
+    proc = run_cli(
+        "point", str(image_png), query, "--backbone", str(tiny_llava_dir), "--head", str(llava_head)
+    )
+    assert_one_line_error(proc, "special token of the backbone's prompt")

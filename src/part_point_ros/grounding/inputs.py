@@ -5,7 +5,9 @@ Every rejection is an ``InputError`` with one line that says what was given and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,8 +50,9 @@ def check_image(image: object, *, allow_grey: bool = False) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def check_query(query: object, *, max_chars: int = MAX_QUERY_CHARS) -> str:
-    """Return the stripped query, or raise ``InputError`` for non-strings, empty or too-long ones."""
+def check_query(query: object, *, max_chars: int = MAX_QUERY_CHARS, reserved: Sequence[str] = ()) -> str:
+    """Return the stripped query, or raise ``InputError`` for non-strings, empty or too-long ones, and
+    for a query holding one of the ``reserved`` strings (the backbone's special tokens)."""
     if not isinstance(query, str):
         raise InputError(f"query must be a string, got {type(query).__name__}")
     text = query.strip()
@@ -57,7 +60,31 @@ def check_query(query: object, *, max_chars: int = MAX_QUERY_CHARS) -> str:
         raise InputError('query is empty: say which part to point at, e.g. "the handle of the mug"')
     if len(text) > max_chars:
         raise InputError(f"query is {len(text)} characters long; the limit is {max_chars}")
+    token = next((t for t in reserved if t in text), None)
+    if token is not None:
+        raise InputError(
+            f"query contains {token!r}, a special token of the backbone's prompt (an image or chat "
+            "marker, not text): leave it out and say the part in words"
+        )
     return text
+
+
+def reserved_tokens(processor: Any) -> tuple[str, ...]:
+    """The special tokens of a backbone's prompt (``<image>``, ``<|image_pad|>``, ``</s>``, ...).
+
+    A query is put into the prompt as text, and a tokenizer turns a special token's string into that
+    token wherever it appears: ``<image>`` in a LLaVA query adds an image slot, and the processor then
+    fails with "N image tokens in the prompt". Longest first, so the reason names the whole token.
+    """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    found = {"<image>"}  # LLaVA's placeholder, also when the tokenizer cannot be read
+    image_token = getattr(processor, "image_token", None)
+    if isinstance(image_token, str):
+        found.add(image_token)
+    found.update(getattr(tokenizer, "all_special_tokens", None) or ())
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found.update(t.content for t in added.values() if getattr(t, "special", False))
+    return tuple(sorted((t for t in found if isinstance(t, str) and t.strip()), key=len, reverse=True))
 
 
 def read_image(path: str | Path, *, allow_grey: bool = False) -> np.ndarray:

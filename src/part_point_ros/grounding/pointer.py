@@ -35,7 +35,7 @@ from part_point_ros.grounding.attention_pointing import (
     clamp_to_image,
     peak_share,
 )
-from part_point_ros.grounding.inputs import MAX_QUERY_CHARS, check_image, check_query
+from part_point_ros.grounding.inputs import MAX_QUERY_CHARS, check_image, check_query, reserved_tokens
 from part_point_ros.grounding.localization_heads import HeadsFile, known_heads_name, load_heads
 from part_point_ros.grounding.peaks import Peak, argmax_peak, nms_peaks, refine_peak
 from part_point_ros.grounding.result import PointResult
@@ -233,6 +233,7 @@ class PartPointer:
         self.prompt_mode = prompt_mode
         self.allow_grey = allow_grey
         self.max_query_chars = max_query_chars
+        self.reserved_tokens = reserved_tokens(getattr(backbone, "processor", None))  # never in a query
         if head is not None:
             self._check_head(head)
         elif self.heads:
@@ -307,7 +308,7 @@ class PartPointer:
     def point(self, image: np.ndarray, query: str) -> PointResult:
         """Point at ``query`` in ``image`` ((H, W, 3) uint8 RGB); x, y in ORIGINAL-image pixels."""
         image = check_image(image, allow_grey=self.allow_grey)
-        query = check_query(query, max_chars=self.max_query_chars)
+        query = check_query(query, max_chars=self.max_query_chars, reserved=self.reserved_tokens)
         self._sync()
         start = time.perf_counter()
         with torch.inference_mode():

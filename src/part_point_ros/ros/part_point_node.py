@@ -147,7 +147,6 @@ class PartPointNode(LifecycleNode):
         self._jobs: queue.Queue | None = None  # None while no worker takes jobs
         self._queue_lock = threading.Lock()  # jobs are queued, or the queue closed, one at a time
         self._worker: threading.Thread | None = None
-        self._reserved: tuple[str, ...] = ()  # special tokens of the backbone's prompt
         self._in_flight = 0
         self.camera = CameraBuffer(depth_size=1)
         self._tf_listener = None
@@ -232,7 +231,6 @@ class PartPointNode(LifecycleNode):
                 latched_qos(),
                 event_callbacks=_NO_SUB_EVENTS,
             )
-        self._reserved = reserved_tokens(self._pointer)
         jobs = queue.Queue(maxsize=self._p("queue_size"))
         self._worker = threading.Thread(
             target=self._work, args=(jobs,), name="part_point_inference", daemon=True
@@ -374,7 +372,6 @@ class PartPointNode(LifecycleNode):
         with self.model_lock:
             device = self._p("device")
             self._pointer = None
-            self._reserved = ()
         self._configured = False
         gc.collect()
         if device.startswith("cuda"):
@@ -434,13 +431,7 @@ class PartPointNode(LifecycleNode):
         if not self._active or pointer is None:
             state = "inactive" if self._configured else "unconfigured"
             raise _Refused(f"part_point_node is not active ({state}): configure and activate it first")
-        text = check_query(query, max_chars=pointer.max_query_chars)
-        token = next((t for t in self._reserved if t in text), None)
-        if token is not None:
-            raise _Refused(
-                f"query contains {token!r}, a special token of the backbone's prompt (an image or "
-                "chat marker, not text): leave it out and say the part in words"
-            )
+        text = check_query(query, max_chars=pointer.max_query_chars, reserved=pointer.reserved_tokens)
         if method and method != pointer.method:
             raise _Refused(
                 f"method {method!r} is not loaded: this node serves {pointer.method!r} (parameter method)"
@@ -640,25 +631,6 @@ class PartPointNode(LifecycleNode):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._pubs["diagnostics"].publish(array)
-
-
-def reserved_tokens(pointer: Any) -> tuple[str, ...]:
-    """The special tokens of the pointer's backbone prompt (``<image>``, ``<|image_pad|>``, ``</s>``, ...).
-
-    A query is put into the prompt as text, and a tokenizer turns a special token's string into that
-    token wherever it appears: ``<image>`` in a LLaVA query adds an image slot, and the processor then
-    fails with "N image tokens in the prompt". Longest first, so the reason names the whole token.
-    """
-    processor = getattr(pointer.backbone, "processor", None)
-    tokenizer = getattr(processor, "tokenizer", processor)
-    found = {"<image>"}  # LLaVA's placeholder, also when the tokenizer cannot be read
-    image_token = getattr(processor, "image_token", None)
-    if isinstance(image_token, str):
-        found.add(image_token)
-    found.update(getattr(tokenizer, "all_special_tokens", None) or ())
-    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    found.update(t.content for t in added.values() if getattr(t, "special", False))
-    return tuple(sorted((t for t in found if isinstance(t, str) and t.strip()), key=len, reverse=True))
 
 
 def _rgb(msg: Image, what: str) -> np.ndarray:
