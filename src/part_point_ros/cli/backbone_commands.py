@@ -50,9 +50,10 @@ def register(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
         p.add_argument("--save-every", type=int, default=100)
         return p
 
-    stage("vision", "vision tower: what is under each image token", 1500, 1e-3, 32)
+    vision = stage("vision", "vision tower: what is under each image token", 3000, 1e-3, 32)
+    vision.add_argument("--no-balance", action="store_true", help="no class balance in the object:part loss")
     language = stage(
-        "language", "language model: part questions + object pointing, tower frozen", 2000, 5e-4, 8
+        "language", "language model: part questions + object pointing, tower frozen", 1500, 5e-4, 8
     )
     language.add_argument("--others", type=int, default=5, help="non-colour questions per image and step")
 
@@ -86,8 +87,9 @@ def cmd_backbone(args: argparse.Namespace) -> int:
         from part_point_ros.tabletop.vision import VisionOptions, train_vision
 
         keys = ("cache", "run", "init_from", "train", "val", "steps", "stop_after", "batch", "lr", "warmup")
-        opts = VisionOptions(**{k: getattr(args, k) for k in keys}, seed=args.seed,
-                             eval_every=args.eval_every, save_every=args.save_every)  # fmt: skip
+        opts = VisionOptions(**{k: getattr(args, k) for k in keys})
+        opts.seed, opts.balance = args.seed, not args.no_balance
+        opts.eval_every, opts.save_every = args.eval_every, args.save_every
         train_vision(opts, vocabulary())
     elif args.stage == "language":
         from part_point_ros.tabletop.language import LanguageOptions, train_language

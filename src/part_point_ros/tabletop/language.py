@@ -36,7 +36,7 @@ class LanguageOptions:
     init_from: str | None
     train: int = 6000
     val: int = 250
-    steps: int = 2000
+    steps: int = 1500
     stop_after: int | None = None
     batch: int = 8
     lr: float = 5e-4

@@ -32,7 +32,7 @@ class VisionOptions:
     init_from: str | None
     train: int = 6000
     val: int = 250
-    steps: int = 1500
+    steps: int = 3000
     stop_after: int | None = None
     batch: int = 32
     lr: float = 1e-3
