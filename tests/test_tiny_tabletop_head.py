@@ -20,6 +20,7 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 HEAD_DIR = MODELS / "tiny-tabletop-a2p"
 BACKBONE_DIR = MODELS / "tiny-tabletop-llava"
 HELD_OUT_SEEDS = list(range(200_000, 200_006))
+PATCH_FACTOR = 4.0  # measured 7x (below)
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +37,31 @@ def test_shipped_head_is_small_fp16_and_names_its_backbone():
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
     assert sum(p.stat().st_size for p in HEAD_DIR.iterdir()) < 4 * 2**20
     head = PartPointHead.from_pretrained(HEAD_DIR)
-    assert head.config.backbone["name"] == "models/tiny-tabletop-llava" and head.config.k == 5
+    assert head.config.backbone["name"] == "models/tiny-tabletop-llava" and head.config.k == 4
 
 
 def test_shipped_head_points_at_the_asked_region_above_chance_on_held_out_scenes(held_out):
     """Through the user's PartPointer: the patch the a2p point falls in overlaps the asked part more
     often than a uniformly random patch would (the head localises *something*; the README table has
-    its held-out numbers, which are poor on this backbone)."""
+    its held-out numbers), and hits the part more often than attention pointing on the same backbone."""
     a2p = PartPointer.from_pretrained(backbone=str(BACKBONE_DIR), head=str(HEAD_DIR), method="a2p")
-    hits, chance = [], []
+    hits, point_hits, attention_hits, chance = [], [], [], []
+    attention = PartPointer.from_pretrained(backbone=str(BACKBONE_DIR), method="attention",
+                                            heads=str(MODELS / "tiny-tabletop-heads.json"))  # fmt: skip
     for sample in held_out.samples:
         image, mask = sample.load_image(), sample.load_mask()
         result = a2p.point(image, sample.query)
         assert result.method == "a2p" and 0 <= result.x < image.shape[1] and 0 <= result.y < image.shape[0]
         hits.append(patch_hit(mask, result.grid, result.x, result.y))
+        point_hits.append(bool(mask[int(round(result.y)), int(round(result.x))]))
+        base = attention.point(image, sample.query)
+        attention_hits.append(bool(mask[int(round(base.y)), int(round(base.x))]))
         on_image = cells_on_image(result.grid)
         chance.append(float((result.grid.resample_mask(mask)[on_image] > 0).mean()))
+    measured = (np.mean(hits), np.mean(chance), np.mean(point_hits), np.mean(attention_hits), len(hits))
+    print("patch hits {:.3f}, random patch {:.3f}, a2p {:.3f}, attention {:.3f}, n {}".format(*measured))
     assert len(hits) >= 80
-    # measured on these seeds: patch hits 0.136 (18 of 132) against 0.022 for a random patch
-    assert np.mean(hits) >= 3.0 * np.mean(chance), (np.mean(hits), np.mean(chance), len(hits))
+    # measured on these seeds (122 queries): patch hits 0.230 vs 0.033 for a random patch;
+    # point hits a2p 0.172 vs attention 0.107
+    assert np.mean(hits) >= PATCH_FACTOR * np.mean(chance), measured
+    assert np.mean(point_hits) > np.mean(attention_hits), measured

@@ -1,5 +1,6 @@
 """The shipped tiny-tabletop backbone: loads like llava-1.5-7b, sees the whole scene, answers
-held-out colour questions above chance, and its attention finds the asked object.
+held-out colour questions above chance, its attention finds the asked part more than its object, and
+it answers "point to ..." in Molmo's format.
 
 The model in models/tiny-tabletop-llava was trained by `part-point backbone` (docs/tiny_tabletop.md)
 on train seeds only; the questions here are about test seeds (200000..), which it never saw.
@@ -22,7 +23,8 @@ from part_point_ros.types import HeadRef
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-tabletop-llava"
 TEST_SEEDS = range(SPLIT_SEEDS["test"][0], SPLIT_SEEDS["test"][0] + 20)
-WIDTH, HEIGHT = 160, 120
+WIDTH, HEIGHT = 320, 240  # the frame size it was trained on (and the demo's)
+ANSWER_MARGIN, PART_LIFT, PARSED_SHARE = 0.15, 4.0, 0.9  # margins under the measured levels
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +71,18 @@ def test_answers_held_out_colour_questions_above_chance(adapter, scenes):
                 right.append(bool(reply) and reply[0] == q.answer)
     majority = max(Counter(asked).values()) / len(asked)  # always saying the most frequent colour
     accuracy = float(np.mean(right))
-    # measured on these 20 seeds: 0.265 over 200 questions, majority 0.125 (binomial sd 0.03)
+    print(f"colour answers {accuracy:.3f} over {len(asked)}, majority {majority:.3f}")
+    # measured on these 20 seeds: 0.381 over 223 questions, majority 0.117 (binomial sd 0.03)
     assert len(asked) >= 150
-    assert accuracy > majority + 0.05, (accuracy, majority)
+    assert accuracy > majority + ANSWER_MARGIN, (accuracy, majority)
 
 
-def test_last_token_attention_lands_on_the_asked_object(adapter, scenes):
-    """The best localisation heads of the shipped model put several times the uniform share of
-    their image attention on the object whose part is asked about (an untrained model: 1x)."""
-    heads = [HeadRef(2, 0), HeadRef(3, 0)]
-    mass, share = [], []
+def test_last_token_attention_finds_the_asked_part_more_than_its_object(adapter, scenes):
+    """The best localisation heads put many times the uniform share of their image attention on the
+    part a question asks about, and more (relative to its size) than on the part's whole object:
+    the attention looks for the part, not only the object (an untrained model: 1x and 1x)."""
+    heads = [HeadRef(2, 0), HeadRef(2, 1)]
+    part_mass, object_mass, part_share, object_share = [], [], [], []
     for scene in scenes[:8]:
         owner = {p.part_id: p.object_id for p in scene.parts}
         for q in scene_questions(scene):
@@ -87,10 +91,36 @@ def test_last_token_attention_lands_on_the_asked_object(adapter, scenes):
             cap = adapter.capture(scene.rgb, q.question, heads)
             att = cap.last_token_attention()  # (k, P)
             att = att / att.sum(-1, keepdim=True)
-            cover = cap.grid.resample_mask(scene.instance_masks[owner[q.part_ids[0]]]).reshape(-1)  # (P,)
-            mass.append((att * torch.from_numpy(cover)).sum(-1).numpy())
-            share.append(cover.mean())
-    lift = np.mean(mass, axis=0) / np.mean(share)  # (k,)
-    assert len(share) >= 40
-    # measured here (62 questions): 4.6x and 4.3x; over 400 questions: 3.5x and 3.2x (docs)
-    assert lift[0] > 2.5 and lift[1] > 2.0, lift
+            part = cap.grid.resample_mask(np.isin(scene.part_ids, q.part_ids)).reshape(-1)  # (P,)
+            obj = cap.grid.resample_mask(scene.instance_masks[owner[q.part_ids[0]]]).reshape(-1)
+            part_mass.append((att * torch.from_numpy(part)).sum(-1).numpy())
+            object_mass.append((att * torch.from_numpy(obj)).sum(-1).numpy())
+            part_share.append(part.mean())
+            object_share.append(obj.mean())
+    lift_part = np.mean(part_mass, axis=0) / np.mean(part_share)  # (k,)
+    lift_object = np.mean(object_mass, axis=0) / np.mean(object_share)
+    print(f"lift part {lift_part}, object {lift_object}, {len(part_share)} questions")
+    assert len(part_share) >= 40
+    # measured here (67 questions): 7.5x / 5.5x and 7.6x / 5.3x; over 400: 8.3x / 5.3x and 7.6x / 5.2x (docs)
+    assert (lift_part > PART_LIFT).all() and (lift_part > 1.2 * lift_object).all(), (lift_part, lift_object)
+
+
+def test_point_prompts_are_answered_in_molmo_format(adapter, scenes):
+    """ "point to the mug." -> <point x=".." y=".."> (percent), parsed by the text method's parser; the
+    shipped config says so (pointing_format), so the text method prompts and parses it that way."""
+    from part_point_ros.grounding.text_pointing import parse_molmo
+    from part_point_ros.sim.vqa import SceneFacts, pointing_items
+
+    assert adapter.pointing_format == "molmo"
+    parsed, on_object = [], []
+    for scene in scenes:
+        for item in pointing_items(SceneFacts.from_scene(scene)):
+            answer = parse_molmo(adapter.generate(scene.rgb, item.question, max_new_tokens=12))
+            parsed.append(answer.parsed_ok)
+            if answer.parsed_ok:
+                x, y = answer.point
+                u, v = min(int(x / 100 * WIDTH), WIDTH - 1), min(int(y / 100 * HEIGHT), HEIGHT - 1)
+                on_object.append(bool(np.isin(scene.part_ids[v, u], item.part_ids)))
+    print(f"parsed {np.mean(parsed):.3f} of {len(parsed)}, on the object {np.mean(on_object):.3f}")
+    # measured on these 20 seeds: 68 of 68 parsed (on the object: 0.118, a weak pointer)
+    assert len(parsed) >= 40 and np.mean(parsed) >= PARSED_SHARE
