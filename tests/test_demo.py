@@ -65,25 +65,28 @@ def demo():
     return demo
 
 
-@pytest.fixture(scope="module")
-def demo_run(demo, tiny_llava_dir, tmp_path_factory):
-    """One demo run: scene SEED, 2 queries, a tiny random backbone and head; (summary, stdout, out)."""
+def _run(demo, backbone, base: Path, *, queries: int, threshold: float):
+    """One demo run on scene SEED with a tiny random backbone and head; (summary, stdout, out)."""
     import io
 
-    base = tmp_path_factory.mktemp("demo")
-    head = make_random_head(tiny_llava_dir, base / "head")
+    head = make_random_head(backbone, base / "head")
     stdout = io.StringIO()
     options = demo.DemoOptions(
         out=base / "out",
         seeds=(SEED,),
-        queries_per_scene=2,
-        backbone=str(tiny_llava_dir),
+        queries_per_scene=queries,
+        backbone=str(backbone),
         head=str(head),
         timeout=30.0,
-        score_threshold=0.0,  # explicit (and said in the first lines): every answer gets its 3D point
+        score_threshold=threshold,  # explicit (and said in the first lines)
     )
-    summary = demo.run_demo(options, stdout=stdout)
-    return summary, stdout.getvalue(), base / "out"
+    return demo.run_demo(options, stdout=stdout), stdout.getvalue(), base / "out"
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo, tiny_llava_dir, tmp_path_factory):
+    """2 queries at score threshold 0: every answer gets its 3D point."""
+    return _run(demo, tiny_llava_dir, tmp_path_factory.mktemp("demo"), queries=2, threshold=0.0)
 
 
 def _render(out: Path):
@@ -214,22 +217,8 @@ def test_demo_rows_agree_with_the_render_the_printed_lines_and_the_summary(demo,
 
 @pytest.fixture(scope="module")
 def demo_run_not_found(demo, tiny_llava_dir, tmp_path_factory):
-    """The demo at score threshold 1.0: every answer comes back found: false; (summary, stdout, out)."""
-    import io
-
-    base = tmp_path_factory.mktemp("demo_not_found")
-    head = make_random_head(tiny_llava_dir, base / "head")
-    stdout = io.StringIO()
-    options = demo.DemoOptions(
-        out=base / "out",
-        seeds=(SEED,),
-        queries_per_scene=1,
-        backbone=str(tiny_llava_dir),
-        head=str(head),
-        timeout=30.0,
-        score_threshold=1.0,
-    )
-    return demo.run_demo(options, stdout=stdout), stdout.getvalue(), base / "out"
+    """The demo at score threshold 1.0: every answer comes back found: false."""
+    return _run(demo, tiny_llava_dir, tmp_path_factory.mktemp("demo_not_found"), queries=1, threshold=1.0)
 
 
 @pytest.mark.ros
