@@ -147,7 +147,7 @@ def image_items(facts: SceneFacts, rng: np.random.Generator, others: int) -> lis
     """The questions of one image in one step: every colour question and every pointing item, plus
     ``others`` of the rest (existence, counting, side), in random order."""
     items = make_questions(facts)
-    colour = [q for q in items if "colour" in q.kind or q.kind in ("colour_part", "colour_object")]
+    colour = [q for q in items if "colour" in q.kind]  # part, object, biggest, exists, reverse look-ups
     rest = [q for q in items if q not in colour]
     picked = [rest[i] for i in rng.choice(len(rest), size=min(others, len(rest)), replace=False)]
     chosen = colour + picked + pointing_items(facts)
