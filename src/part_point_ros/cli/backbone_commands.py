@@ -86,18 +86,11 @@ def cmd_backbone(args: argparse.Namespace) -> int:
     elif args.stage == "vision":
         from part_point_ros.tabletop.vision import VisionOptions, train_vision
 
-        keys = ("cache", "run", "init_from", "train", "val", "steps", "stop_after", "batch", "lr", "warmup")
-        opts = VisionOptions(**{k: getattr(args, k) for k in keys})
-        opts.seed, opts.balance = args.seed, not args.no_balance
-        opts.eval_every, opts.save_every = args.eval_every, args.save_every
-        train_vision(opts, vocabulary())
+        train_vision(VisionOptions(**_stage_options(args), balance=not args.no_balance), vocabulary())
     elif args.stage == "language":
         from part_point_ros.tabletop.language import LanguageOptions, train_language
 
-        keys = ("cache", "run", "init_from", "train", "val", "steps", "stop_after", "batch", "lr", "warmup")
-        opts = LanguageOptions(**{k: getattr(args, k) for k in keys}, seed=args.seed, others=args.others,
-                               eval_every=args.eval_every, save_every=args.save_every)  # fmt: skip
-        train_language(opts)
+        train_language(LanguageOptions(**_stage_options(args), others=args.others))
     elif args.stage == "ship":
         from part_point_ros.tabletop.language import ship_run
 
@@ -107,3 +100,12 @@ def cmd_backbone(args: argparse.Namespace) -> int:
 
         evaluate(args)
     return 0
+
+
+def _stage_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``StageOptions`` fields from the parsed options of the same names."""
+    from dataclasses import fields
+
+    from part_point_ros.tabletop.schedule import StageOptions
+
+    return {f.name: getattr(args, f.name) for f in fields(StageOptions)}

@@ -24,27 +24,17 @@ import torch
 
 from part_point_ros.sim.vqa import SceneFacts, VqaItem, answer_vocabulary, make_questions, pointing_items
 from part_point_ros.tabletop import scenes
-from part_point_ros.tabletop.schedule import load_state, lr_at, save_state
+from part_point_ros.tabletop.schedule import StageOptions, load_state, lr_at, save_state
 
 POINTING_FORMAT = "molmo"  # written into the shipped config.json: how the model answers "point to ..."
 
 
 @dataclass
-class LanguageOptions:
-    cache: Path
-    run: Path
-    init_from: str | None
-    train: int = 6000
-    val: int = 250
+class LanguageOptions(StageOptions):
     steps: int = 1500
-    stop_after: int | None = None
     batch: int = 8
     lr: float = 5e-4
-    warmup: int = 50
-    seed: int = 0
-    others: int = 5
-    eval_every: int = 250
-    save_every: int = 100
+    others: int = 5  # non-colour questions per image and step
 
 
 class Packer:
@@ -203,9 +193,10 @@ def train_language(opts: LanguageOptions) -> None:
     run.mkdir(parents=True, exist_ok=True)
     init = run / "init"
     if not (init / "config.json").exists():
-        for src in (opts.init_from,):  # a copy of the starting model: the run's fixed architecture
-            LlavaForConditionalGeneration.from_pretrained(src, dtype=torch.float32).save_pretrained(init)
-            AutoProcessor.from_pretrained(src).save_pretrained(init)
+        # a copy of the starting model: the run's fixed architecture
+        start = LlavaForConditionalGeneration.from_pretrained(opts.init_from, dtype=torch.float32)
+        start.save_pretrained(init)
+        AutoProcessor.from_pretrained(opts.init_from).save_pretrained(init)
     model = LlavaForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(init)
     packer = Packer(processor)

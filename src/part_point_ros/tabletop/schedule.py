@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+
+@dataclass
+class StageOptions:
+    """What every training stage takes (``part-point backbone STAGE`` options of the same names)."""
+
+    cache: Path
+    run: Path
+    init_from: str | None
+    train: int = 6000
+    val: int = 250
+    steps: int = 3000
+    stop_after: int | None = None
+    batch: int = 32
+    lr: float = 1e-3
+    warmup: int = 50
+    seed: int = 0
+    eval_every: int = 250
+    save_every: int = 100
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:

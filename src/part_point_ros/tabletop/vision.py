@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from part_point_ros.tabletop import scenes
-from part_point_ros.tabletop.schedule import load_state, lr_at, save_state
+from part_point_ros.tabletop.schedule import StageOptions, load_state, lr_at, save_state
 from part_point_ros.tabletop.targets import GROUPS, SUB, stacked_targets
 
 OBJECT_WEIGHT = 4.0
@@ -26,21 +26,8 @@ MAX_BALANCE = 8.0
 
 
 @dataclass
-class VisionOptions:
-    cache: Path
-    run: Path
-    init_from: str | None
-    train: int = 6000
-    val: int = 250
-    steps: int = 3000
-    stop_after: int | None = None
-    batch: int = 32
-    lr: float = 1e-3
-    warmup: int = 50
-    seed: int = 0
-    eval_every: int = 250
-    save_every: int = 100
-    balance: bool = True
+class VisionOptions(StageOptions):
+    balance: bool = True  # weigh tokens by the rarity of their object:part (pair_balance)
 
 
 class DenseProbe(torch.nn.Module):
