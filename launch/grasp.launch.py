@@ -1,14 +1,19 @@
 """Launch the part pointing graph: part_point_node (lifecycle), depth_fusion_node, and optionally
 sim_camera_node and RViz.
 
+    ros2 launch part_point_ros grasp.launch.py use_sim_camera:=true    # the shipped synthetic-world models
     ros2 launch part_point_ros grasp.launch.py head:=/path/to/head use_sim_camera:=true rviz:=true
     ros2 launch part_point_ros grasp.launch.py head:=... camera_namespace:=/camera target_frame:=base_link
 
 Parameters come from ``params_file`` (default: the installed config/part_point.yaml); the launch
 arguments below override it when not empty (the same table as `part-point-ros`:
-part_point_ros.ros.params.graph_overrides). part_point_node is driven through configure ->
-activate by lifecycle events; if configure fails (e.g. no head), the node logs why and stays
-unconfigured.
+part_point_ros.ros.params.graph_overrides). With use_sim_camera:=true and no backbone or head
+anywhere, part_point_node runs the shipped synthetic-world models (share/part_point_ros/models).
+
+Lifecycle: the launch configures part_point_node once and activates it when that first configure
+succeeds; if it fails (e.g. no head), the node logs why and stays unconfigured. Afterwards the node
+is yours: `ros2 lifecycle set /part_point_node deactivate | cleanup | configure | activate` each do
+only what they say (a later configure is not followed by an automatic activate).
 """
 
 import os
@@ -24,7 +29,7 @@ from launch_ros.events.lifecycle import ChangeState
 from lifecycle_msgs.msg import Transition
 
 from launch import LaunchDescription
-from part_point_ros.ros.params import graph_overrides
+from part_point_ros.ros.params import check_params_file, graph_overrides, sim_world_models
 
 PACKAGE = "part_point_ros"
 
@@ -35,6 +40,8 @@ OVERRIDE_ARGUMENTS = (
     "method",
     "device",
     "dtype",
+    "heads_file",
+    "score_threshold",
     "camera_namespace",
     "color_topic",
     "camera_info_topic",
@@ -53,9 +60,16 @@ def _nodes(context, *args, **kwargs):
     rviz_config = LaunchConfiguration("rviz_config").perform(context) or os.path.join(
         share, "rviz", "part_point.rviz"
     )
-    overrides = graph_overrides(
-        {name: LaunchConfiguration(name).perform(context) for name in OVERRIDE_ARGUMENTS}
-    )
+    params_file = str(check_params_file(params_file))  # a typo fails here, not as "head is empty"
+    arguments = {name: LaunchConfiguration(name).perform(context) for name in OVERRIDE_ARGUMENTS}
+    overrides = graph_overrides(arguments)
+    use_sim_camera = LaunchConfiguration("use_sim_camera").perform(context) == "true"
+    notes = []
+    if use_sim_camera:
+        shipped = sim_world_models(params_file, arguments)
+        overrides["part_point_node"] = {**shipped, **overrides["part_point_node"]}
+        if shipped:
+            notes.append(LogInfo(msg=f"synthetic camera, no model given: the shipped models {shipped}"))
 
     part_point = LifecycleNode(
         package=PACKAGE,
@@ -88,7 +102,10 @@ def _nodes(context, *args, **kwargs):
         output="screen",
         condition=IfCondition(LaunchConfiguration("rviz")),
     )
-    # configure on start; activate once the node reports 'inactive' (i.e. the model is loaded)
+    if LaunchConfiguration("rviz").perform(context) == "true" and not _rviz_installed():
+        rviz = LogInfo(msg="rviz:=true but rviz2 is not installed (apt install ros-jazzy-rviz2): not started")
+    # configure on start; activate once that configure has loaded the model (configuring -> inactive),
+    # once: a deactivate also ends in 'inactive', and a user's later configure stays theirs
     configure = EmitEvent(
         event=ChangeState(
             lifecycle_node_matcher=matches_action(part_point),
@@ -98,7 +115,9 @@ def _nodes(context, *args, **kwargs):
     activate_when_configured = RegisterEventHandler(
         OnStateTransition(
             target_lifecycle_node=part_point,
+            start_state="configuring",
             goal_state="inactive",
+            handle_once=True,
             entities=[
                 LogInfo(msg="part_point_node is configured (model loaded): activating"),
                 EmitEvent(
@@ -110,7 +129,18 @@ def _nodes(context, *args, **kwargs):
             ],
         )
     )
-    return [activate_when_configured, sim_camera, depth_fusion, part_point, configure, rviz]
+    return [*notes, activate_when_configured, sim_camera, depth_fusion, part_point, configure, rviz]
+
+
+def _rviz_installed() -> bool:
+    """rviz2 is a system package (ros-jazzy-rviz2); launch_ros would abort the graph without it."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    try:
+        prefix = get_package_prefix("rviz2")
+    except PackageNotFoundError:
+        return False
+    return os.path.isfile(os.path.join(prefix, "lib", "rviz2", "rviz2"))
 
 
 def generate_launch_description():
@@ -127,7 +157,22 @@ def generate_launch_description():
                 description="MLLM hub id or directory; empty = as in params_file (the head's backbone)",
             ),
             DeclareLaunchArgument(
-                "head", default_value="", description="trained head directory; empty = as in params_file"
+                "head",
+                default_value="",
+                description="trained head directory; empty = as in params_file (with use_sim_camera and no "
+                "model anywhere: the shipped synthetic-world head)",
+            ),
+            DeclareLaunchArgument(
+                "heads_file",
+                default_value="",
+                description="attention: localization heads file; empty = as in params_file (shipped for "
+                "known backbones)",
+            ),
+            DeclareLaunchArgument(
+                "score_threshold",
+                default_value="",
+                description="answers below it are 'not found'; -1 = the method's default; empty = as in "
+                "params_file",
             ),
             DeclareLaunchArgument(
                 "method",

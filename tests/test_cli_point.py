@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -15,6 +16,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+SHIPPED_BACKBONE = REPO / "models" / "tiny-tabletop-llava"
+SHIPPED_HEAD = REPO / "models" / "tiny-tabletop-a2p"
 
 
 def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -155,3 +158,144 @@ def test_a_special_token_in_the_query_is_refused_in_one_line(image_png, tiny_lla
         "point", str(image_png), query, "--backbone", str(tiny_llava_dir), "--head", str(llava_head)
     )
     assert_one_line_error(proc, "special token of the backbone's prompt")
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "needle"),
+    [
+        ("RGB", (20000, 2), "big.png is 20000x2 px, aspect ratio 10000.0:1, over the limit of 8:1"),
+        ("RGB", (2, 20000), "big.png is 2x20000 px, aspect ratio 10000.0:1, over the limit of 8:1"),
+        ("P", (5000, 5000), "big.png is 5000x5000 = 25000000 px, over the limit of 8847360 px"),
+        ("1", (14000, 13000), "big.png: too large to decode (Image size (182000000 pixels) exceeds limit"),
+    ],
+    ids=["wide", "tall", "huge", "decompression_bomb"],
+)
+def test_oversized_image_files_are_refused_in_one_line(tmp_path, mode, size, needle):
+    """Checked from the file's header, before decoding and before any model loads; the line says which
+    option changes the limit. (A 20000x2 image used to take 5.5 GB through LLaVA's pad-to-square.)"""
+    from PIL import Image
+
+    path = tmp_path / "big.png"
+    Image.new(mode, size).save(path)  # tiny files: one colour compresses to almost nothing
+    proc = run_cli("point", str(path), "the handle of the mug", "--backbone", "unused")
+    assert_one_line_error(proc, needle, "--max-")
+
+
+def test_image_limit_flags(tmp_path):
+    wide = tmp_path / "wide.png"
+    cv2.imwrite(str(wide), np.full((20, 400, 3), 128, np.uint8))  # 20:1
+    models = ("--head", str(SHIPPED_HEAD), "--backbone", str(SHIPPED_BACKBONE))
+    proc = run_cli("point", str(wide), "the handle of the mug", *models, "--json", "--max-aspect-ratio", "20")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert 0 <= out["x"] <= 399 and 0 <= out["y"] <= 19
+    assert_one_line_error(run_cli("point", str(wide), "the lid", *models), "aspect ratio 20.0:1")
+    proc = run_cli("point", str(wide), "the lid", "--backbone", "unused", "--max-image-pixels", "3")
+    assert_one_line_error(proc, "max_image_pixels must be an integer >= 4")
+    proc = run_cli("point", str(wide), "the lid", "--backbone", "unused", "--max-aspect-ratio", "0.5")
+    assert_one_line_error(proc, "max_aspect_ratio must be a number >= 1")
+
+
+def _break_weights(directory: Path, how: str, tensor: str = "layers.0.self_attn.q_proj.weight") -> None:
+    """Spoil a copied model directory's model.safetensors the way a bad download or a user might;
+    ``wrong_shape`` gives the tensor whose name ends in ``tensor`` 2 more rows."""
+    from safetensors.torch import load, save_file
+
+    weights = directory / "model.safetensors"
+
+    def load_file(path: Path) -> dict[str, torch.Tensor]:  # read into memory: the file is rewritten
+        return load(path.read_bytes())
+
+    if how == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif how == "pickled":  # a pickle under the safetensors name
+        torch.save(load_file(weights), weights)
+    elif how == "wrong_shape":
+        tensors = load_file(weights)
+        name = next(k for k in sorted(tensors) if k.endswith(tensor))
+        tensors[name] = torch.zeros(tensors[name].shape[0] + 2, *tensors[name].shape[1:])
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+    elif how == "bin_only":  # what old checkpoints on the hub hold: pickled weights, no safetensors
+        torch.save(load_file(weights), directory / "pytorch_model.bin")
+        weights.unlink()
+    elif how == "missing":
+        weights.unlink()
+    else:
+        raise ValueError(how)
+
+
+@pytest.mark.parametrize(
+    ("how", "needles"),
+    [
+        ("truncated", ("cannot read its weights", "truncated", "copy or download it again")),
+        ("pickled", ("cannot read its weights", "not a safetensors file", "copy or download it again")),
+        (
+            "wrong_shape",
+            (
+                "1 weight(s) in the checkpoint do not have the shape its config.json gives them",
+                "layers.0.self_attn.q_proj.weight (130, 128) != (128, 128)",
+                "use the model's own files",
+            ),
+        ),
+        (
+            "bin_only",
+            (
+                "has pickled weights only (pytorch_model.bin), no model.safetensors",
+                "unpickling a file can run code",
+                "--allow-pickle-weights",
+            ),
+        ),
+        ("missing", ("has no weights (no model.safetensors beside its config.json)", "copy or download")),
+    ],
+)
+def test_broken_backbone_weights_are_one_line(tmp_path, image_png, how, needles):
+    backbone = Path(shutil.copytree(SHIPPED_BACKBONE, tmp_path / "backbone"))
+    _break_weights(backbone, how)
+    proc = run_cli(
+        "point",
+        str(image_png),
+        "the handle of the mug",
+        "--head",
+        str(SHIPPED_HEAD),
+        "--backbone",
+        str(backbone),
+    )
+    assert_one_line_error(proc, *needles)
+
+
+def test_pickled_backbone_loads_only_when_allowed(tmp_path, image_png):
+    """The opt-in reads pytorch_model.bin and points exactly as the safetensors copy does."""
+    backbone = Path(shutil.copytree(SHIPPED_BACKBONE, tmp_path / "backbone"))
+    _break_weights(backbone, "bin_only")
+    args = ("point", str(image_png), "the handle of the mug", "--head", str(SHIPPED_HEAD), "--json")
+    proc = run_cli(*args, "--backbone", str(backbone), "--allow-pickle-weights")
+    assert proc.returncode == 0, proc.stderr
+    reference = run_cli(*args, "--backbone", str(SHIPPED_BACKBONE))
+    assert reference.returncode == 0, reference.stderr
+    pickled, safe = json.loads(proc.stdout), json.loads(reference.stdout)
+    assert (pickled["x"], pickled["y"], pickled["score"]) == (safe["x"], safe["y"], safe["score"])
+
+
+@pytest.mark.parametrize(
+    ("how", "needles"),
+    [
+        ("truncated", ("model.safetensors: not a readable safetensors file", "copy it again")),
+        (
+            "wrong_shape",
+            ("model.safetensors: shape a2p.fuse.bias (66,) != (64,)", "another version or config"),
+        ),
+    ],
+)
+def test_broken_head_weights_are_one_line(tmp_path, image_png, how, needles):
+    head = Path(shutil.copytree(SHIPPED_HEAD, tmp_path / "head"))
+    _break_weights(head, how, tensor="a2p.fuse.bias")
+    proc = run_cli(
+        "point",
+        str(image_png),
+        "the handle of the mug",
+        "--head",
+        str(head),
+        "--backbone",
+        str(SHIPPED_BACKBONE),
+    )
+    assert_one_line_error(proc, *needles)

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from part_point_ros.cli.bench import format_report
 from part_point_ros.cli.main import main
 from part_point_ros.grounding.localization_heads import load_heads
 
@@ -71,9 +72,23 @@ def test_bench_json(capsys):
     assert code == 0, captured.err
     report = json.loads(captured.out)
     ms = report["latency_ms"]
-    assert set(ms) == {"head_only", "capture_truncated", "capture_full", "a2p", "attention", "text"}
+    rows = ("_5_queries", "_5_queries_one_by_one", "_5_queries_no_reuse", "_same_frame")
+    multi_query = {f"{column}{row}" for column in ("capture", "a2p", "attention") for row in rows}
+    assert set(ms) == {"head_only", "head_only_5_queries", "capture_truncated", "capture_full", "a2p",
+                       "attention", "text"} | multi_query  # fmt: skip
     assert all(v > 0 for v in ms.values())
     assert report["text_new_tokens"] == 3  # forced: random weights cannot stop early
-    assert report["ratios"]["text_over_a2p"] == pytest.approx(ms["text"] / ms["a2p"])
+    ratios = report["ratios"]
+    assert ratios["text_over_a2p"] == pytest.approx(ms["text"] / ms["a2p"])
+    assert ratios["a2p_5_over_1"] == pytest.approx(ms["a2p_5_queries"] / ms["a2p"])
+    assert ratios["capture_5_over_1"] == pytest.approx(ms["capture_5_queries"] / ms["capture_truncated"])
+    assert ratios["attention_same_frame_over_new"] == pytest.approx(
+        ms["attention_same_frame"] / ms["attention"]
+    )
+    assert report["queries_per_frame"] == 5
+    # the same points with and without the image prefix reused (a2p: sub-pixel refinement of equal maps)
+    assert report["reuse_max_shift_px"]["attention"] == 0.0 and report["reuse_max_shift_px"]["a2p"] < 1e-3
+    table = format_report(report)
+    assert "point_many, suffixes batched (default)" in table and "1 query on a frame already seen" in table
     weights = list(report["weights_mb"].values())
     assert weights[1] < weights[0]  # a truncated load keeps fewer decoder layers

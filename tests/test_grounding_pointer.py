@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict
 
 import numpy as np
@@ -137,6 +138,53 @@ def test_heads_outside_the_backbone_are_refused(tiny_llava_dir):
 def test_bad_images_say_what_they_got(llava_a2p, bad, message):
     with pytest.raises(InputError, match=message):
         llava_a2p.point(bad, QUERY)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((2, 20000, 3), "image is 20000x2 px, aspect ratio 10000.0:1, over the limit of 8:1: crop it"),
+        ((20000, 2, 3), "image is 2x20000 px, aspect ratio 10000.0:1, over the limit of 8:1: crop it"),
+        ((4100, 4100, 3), "image is 4100x4100 = 16810000 px, over the limit of 8847360 px: downscale it"),
+        ((4100, 4100), "image is 4100x4100 = 16810000 px"),  # grey: refused before it is copied to RGB
+    ],
+    ids=["wide", "tall", "huge", "huge_grey"],
+)
+def test_oversized_images_are_refused_before_the_processor(llava_a2p, monkeypatch, shape, message):
+    """A 20000x2 image is a 20000x20000 canvas for LLaVA's pad-to-square (17 s, 5.5 GB): refused at once."""
+
+    def never(*args, **kwargs):
+        raise AssertionError("the processor was reached")
+
+    monkeypatch.setattr(llava_a2p.backbone, "prepare", never)
+    image = np.broadcast_to(np.zeros((1, 1) + shape[2:], np.uint8), shape)  # no memory for the pixels
+    llava_a2p.allow_grey = len(shape) == 2
+    start = time.perf_counter()
+    try:
+        with pytest.raises(InputError) as info:
+            llava_a2p.point(image, QUERY)
+    finally:
+        llava_a2p.allow_grey = False
+    assert time.perf_counter() - start < 1.0
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value)
+    assert ("raise max_aspect_ratio" if "aspect" in message else "raise max_image_pixels") in str(info.value)
+
+
+def test_image_limits_are_options(tiny_llava_dir, llava_head):
+    pointer = PartPointer.from_pretrained(
+        backbone=str(tiny_llava_dir), head=str(llava_head), max_image_pixels=1000, max_aspect_ratio=25.0
+    )
+    assert pointer.point(np.zeros((4, 100, 3), np.uint8), QUERY).grid.orig_size == (100, 4)  # 25:1
+    assert pointer.point(np.zeros((10, 100, 3), np.uint8), QUERY).grid.orig_size == (100, 10)  # 1000 px
+    with pytest.raises(InputError, match="100x11 = 1100 px, over the limit of 1000 px"):
+        pointer.point(np.zeros((11, 100, 3), np.uint8), QUERY)
+    with pytest.raises(InputError, match=r"over the limit of 25:1"):
+        pointer.point(np.zeros((3, 100, 3), np.uint8), QUERY)
+    with pytest.raises(InputError, match="max_aspect_ratio must be a number >= 1"):
+        PartPointer(backbone=pointer.backbone, head=pointer.head, max_aspect_ratio=0.5)
+    with pytest.raises(InputError, match="max_image_pixels must be an integer >= 4"):
+        PartPointer(backbone=pointer.backbone, head=pointer.head, max_image_pixels=0)
 
 
 def test_grey_is_converted_only_when_allowed(llava_a2p):

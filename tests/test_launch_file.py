@@ -47,6 +47,7 @@ KEYWORDS = {
         "start_state",
         "goal_state",
         "matcher",
+        "handle_once",  # EventHandler's, through **kwargs
     },
     "EmitEvent": {"event"},
     "LogInfo": {"msg"},
@@ -159,12 +160,14 @@ def test_override_arguments_are_the_keys_graph_overrides_knows(tree):
     from part_point_ros.ros.params import MODEL_ARGUMENTS, TOPIC_ARGUMENTS, graph_overrides
 
     known = set(MODEL_ARGUMENTS) | set(TOPIC_ARGUMENTS) | {"camera_namespace", "target_frame", "seed"}
+    known |= {"score_threshold"}
     names = module_tuple(tree, "OVERRIDE_ARGUMENTS")
     assert set(names) <= known, set(names) - known
     # every override argument changes some parameter of some node
     config = yaml.safe_load(CONFIG.read_text())
     for name in names:
         value = "7" if name == "seed" else "/x" if "topic" in name or "namespace" in name else "a2p"
+        value = "0.3" if name == "score_threshold" else value
         changed = {node: p for node, p in graph_overrides({name: value}).items() if p}
         assert changed, f"launch argument {name} sets nothing"
         for node, params in changed.items():
@@ -214,6 +217,10 @@ def test_part_point_node_is_configured_then_activated_by_lifecycle_events(tree):
     assert transitions.count("Transition.TRANSITION_ACTIVATE") == 1
     (handler,) = calls(tree, "OnStateTransition")
     assert constant(keyword(handler, "goal_state")) == "inactive"
+    # only the launch's own configure: a deactivate also ends in 'inactive' (it re-activated the node
+    # at once), and a user's later configure must not be followed by an activate
+    assert constant(keyword(handler, "start_state")) == "configuring"
+    assert constant(keyword(handler, "handle_once")) is True
     assert ast.unparse(keyword(handler, "target_lifecycle_node")) == "part_point"
     inside = [
         ast.unparse(keyword(c, "transition_id")) for c in calls(keyword(handler, "entities"), "ChangeState")

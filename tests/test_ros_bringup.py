@@ -24,7 +24,7 @@ from ros_helpers import Inbox, ros_fixture, wait_until  # noqa: E402, F401
 
 from part_point_ros.ros.bringup import Bringup, node_parameters, parse_options  # noqa: E402
 from part_point_ros.ros.depth_fusion_node import DepthFusionNode  # noqa: E402
-from part_point_ros.ros.params import graph_overrides, load_node_parameters  # noqa: E402
+from part_point_ros.ros.params import default_config_path, graph_overrides, load_node_parameters  # noqa: E402
 from part_point_ros.ros.part_point_node import PartPointNode  # noqa: E402
 from part_point_ros.ros.qos import results_qos  # noqa: E402
 from part_point_ros.ros.sim_camera_node import SimCameraNode  # noqa: E402
@@ -300,3 +300,52 @@ def test_docs_parameter_tables_match_the_declared_parameters():
         assert missing == [], (
             "docs/ros.md is out of date; regenerate the rows with parameter_rows():\n" + "\n".join(missing)
         )
+
+
+def test_sim_camera_without_a_model_runs_the_shipped_synthetic_world_models(tmp_path, monkeypatch):
+    """From any working directory: the shipped models are found next to the params file's share
+    (here the checkout's models/), for each method; a model given anywhere always wins."""
+    monkeypatch.chdir(tmp_path)  # no models/ here
+    models = default_config_path().parents[1] / "models"  # the installed share/, else the checkout's
+    assert (models / "tiny-tabletop-a2p" / "config.json").is_file()
+
+    def pp(*flags: str) -> dict:
+        return {p.name: p.value for p in node_parameters(parse_options(list(flags)), "part_point_node")}
+
+    assert pp("--sim-camera")["head"] == str(models / "tiny-tabletop-a2p")
+    text = pp("--sim-camera", "--method", "text")
+    assert (text["backbone"], text["head"]) == (str(models / "tiny-tabletop-llava"), "")
+    attention = pp("--sim-camera", "--method", "attention")
+    assert attention["heads_file"] == str(models / "tiny-tabletop-heads.json")
+    assert pp("--sim-camera", "--method", "attention", "--heads-file", "/h.json")["heads_file"] == "/h.json"
+    assert pp("--sim-camera", "--head", "/mine")["head"] == "/mine"
+    assert pp("--sim-camera", "--backbone", "org/model")["head"] == ""  # a backbone named: no shipped head
+    assert pp()["head"] == ""  # a real camera: nothing is chosen for the user
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump({"part_point_node": {"ros__parameters": {"head": "/from/file"}}}))
+    assert pp("--sim-camera", "--params-file", str(own))["head"] == "/from/file"
+
+
+def test_new_flags_and_a_missing_params_file_give_one_line(tmp_path):
+    values = {
+        p.name: p.value
+        for p in node_parameters(
+            parse_options(["--heads-file", "/h.json", "--score-threshold", "0.3"]), "part_point_node"
+        )
+    }
+    assert (values["heads_file"], values["score_threshold"]) == ("/h.json", 0.3)
+    with pytest.raises(Exception, match="score_threshold must be a number"):
+        graph_overrides({"score_threshold": "high"})
+    missing = tmp_path / "typo.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "part_point_ros.ros.bringup", "--params-file", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=isolated_env(),
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: params_file {str(missing)!r} does not exist: give a ROS parameter YAML, or leave it empty "
+        "for the installed part_point.yaml"
+    ], proc.stderr

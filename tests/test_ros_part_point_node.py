@@ -48,6 +48,7 @@ SERVICE = f"{NS}/point_part"
 SEED, W, H = 3, 160, 120
 OPTICAL = "camera_color_optical_frame"
 QUERY = "the handle of the mug"
+MAX_PIXELS = 4 * W * H  # the rig's max_image_pixels: a 400x300 request image is over it
 CALL_TIMEOUT_S = 30.0
 
 
@@ -153,7 +154,11 @@ def rig(ros, head_dir):
         )
     )
     node = ros.add(
-        PartPointNode(node_name=NODE, context=ros.context, parameter_overrides=node_params(head_dir))
+        PartPointNode(
+            node_name=NODE,
+            context=ros.context,
+            parameter_overrides=node_params(head_dir, max_image_pixels=MAX_PIXELS),
+        )
     )
     client = Client(ros, "pp_test_client")
     assert client.state(NODE) == "unconfigured"
@@ -223,8 +228,35 @@ def test_grasp_pose_is_the_deprojected_pixel_at_its_depth_in_base_link(rig):
             "not text): leave it out and say the part in words",
         ),
         ({"query": "the handle</s>"}, "query contains '</s>', a special token of the backbone's prompt"),
+        (
+            {"image": numpy_to_image(np.zeros((2, 20000, 3), np.uint8), "rgb8")},
+            "the request's image is 20000x2 px, aspect ratio 10000.0:1, over the limit of 8:1: crop it "
+            "nearer to square, or raise max_aspect_ratio",
+        ),
+        (
+            {"image": numpy_to_image(np.zeros((20000, 2, 3), np.uint8), "bgr8")},
+            "the request's image is 2x20000 px, aspect ratio 10000.0:1, over the limit of 8:1",
+        ),
+        (
+            {"image": numpy_to_image(np.zeros((300, 400, 3), np.uint8), "rgb8")},
+            f"the request's image is 400x300 = 120000 px, over the limit of {MAX_PIXELS} px: downscale it, "
+            "or raise max_image_pixels",
+        ),
     ],
-    ids=["empty", "blank", "huge", "method", "mono16", "32FC1", "truncated", "image_token", "eos_token"],
+    ids=[
+        "empty",
+        "blank",
+        "huge",
+        "method",
+        "mono16",
+        "32FC1",
+        "truncated",
+        "image_token",
+        "eos_token",
+        "wide_image",
+        "tall_image",
+        "big_image",
+    ],
 )
 def test_bad_requests_are_refused_with_a_reason_and_the_node_keeps_answering(rig, fields, expected):
     if fields.get("image") == "truncated":
@@ -320,6 +352,25 @@ def test_a_burst_of_requests_is_answered_every_one(rig):
 
 
 @pytest.mark.ros
+def test_a_burst_deeper_than_the_old_service_history_is_answered_every_one(rig):
+    """part-point-ros-stress: of a burst of 200 requests, 32 were never answered. The service kept the
+    last queue_size + 100 requests and replies; DDS replaced the older ones before the executor took
+    them (one per pass of its wait set) or the client acknowledged them. The service keeps all now."""
+    burst = 400
+    deep = QoSProfile(depth=2 * burst, reliability=ReliabilityPolicy.RELIABLE)  # the client keeps them all
+    client = rig["client"].node.create_client(PointPart, SERVICE, qos_profile=deep)
+    try:
+        assert client.wait_for_service(timeout_sec=CALL_TIMEOUT_S)
+        futures = [client.call_async(PointPart.Request(query=QUERY)) for _ in range(burst)]
+        wait_until(lambda: all(f.done() for f in futures), "every answer", 2 * CALL_TIMEOUT_S)
+    finally:
+        rig["client"].node.destroy_client(client)
+    answers = [f.result() for f in futures]
+    assert sum(a.message.startswith("busy") for a in answers) >= burst - 100  # queue_size 1
+    assert all(a.has_grasp_pose for a in answers if a.success)
+
+
+@pytest.mark.ros
 def test_command_topic_publishes_points_heatmap_and_overlay_of_the_frame(rig):
     client_node = rig["client"].node
     points = Inbox(client_node, PartPointArray, f"{NS}/points", results_qos())
@@ -381,6 +432,75 @@ def test_inactive_node_refuses_requests_and_cleanup_then_configure_reloads(rig):
             assert client.transition(NODE, Transition.TRANSITION_ACTIVATE)
     assert node._jobs.maxsize == 2
     wait_until(lambda: synced(node) and node.camera.extrinsics, "a frame after re-activation")
+    answer = client.point()
+    assert answer.success and answer.has_grasp_pose, answer.message
+
+
+def reconfigure(client, node, **params) -> None:
+    """Deactivate, clean up, set read-on-configure ``params``, configure and activate the rig's node."""
+    if client.state(NODE) == "active":
+        assert client.transition(NODE, Transition.TRANSITION_DEACTIVATE)
+    if client.state(NODE) == "inactive":
+        assert client.transition(NODE, Transition.TRANSITION_CLEANUP)
+    results = node.set_parameters([Parameter(k, value=v) for k, v in params.items()])
+    assert all(r.successful for r in results), [r.reason for r in results]
+    assert client.transition(NODE, Transition.TRANSITION_CONFIGURE), node.last_error
+    assert client.transition(NODE, Transition.TRANSITION_ACTIVATE)
+    wait_until(lambda: synced(node) and node.camera.extrinsics, "a frame after re-activation")
+
+
+@pytest.mark.ros
+def test_cleanup_under_load_answers_every_request_and_the_node_comes_back(ros, rig):
+    """Issue #11: ``ros2 lifecycle set ... cleanup`` with requests in flight crashed the node (the
+    answers of queued requests went out on the service cleanup had just destroyed: InvalidHandle in
+    the executor) and lost the requests DDS still held. Now deactivate and cleanup answer every queued
+    and running request (success false, why, one line); the service outlives cleanup, so requests that
+    arrive meanwhile are refused, not lost; the node configures, activates and answers again."""
+    node, client = rig["node"], rig["client"]
+    burst = 30
+    reconfigure(client, node, queue_size=burst)  # the whole burst waits in the node's queue
+    deep = QoSProfile(depth=4 * burst, reliability=ReliabilityPolicy.RELIABLE)  # the client keeps them all
+    requests = client.node.create_client(PointPart, SERVICE, qos_profile=deep)
+    lifecycle = client.client(ChangeState, f"/{NODE}/change_state")
+    try:
+        assert requests.wait_for_service(timeout_sec=CALL_TIMEOUT_S)
+
+        def fire(n: int) -> list:
+            return [requests.call_async(PointPart.Request(query=QUERY)) for _ in range(n)]
+
+        node.model_lock.acquire()  # the worker holds the first request, the burst waits behind it
+        try:
+            futures = fire(1)
+            wait_until(lambda: node.in_flight == 1, "the worker to hold a request")
+            futures += fire(burst)
+            wait_until(lambda: node.queue_length == burst, "the burst to be queued")
+            transitions = [
+                lifecycle.call_async(ChangeState.Request(transition=Transition(id=t)))
+                for t in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP)
+            ]
+            futures += fire(burst)  # while the node goes down
+            wait_until(lambda: node._jobs is None, "cleanup to close the queue")
+            futures += fire(burst)
+        finally:
+            node.model_lock.release()  # cleanup waits for the worker to finish its request
+        wait_until(lambda: all(f.done() for f in futures + transitions), "every answer", CALL_TIMEOUT_S)
+        assert [t.result().success for t in transitions] == [True, True]
+        late = fire(burst)  # unconfigured: refused at once
+        wait_until(lambda: all(f.done() for f in late), "the answers while unconfigured", CALL_TIMEOUT_S)
+    finally:
+        client.node.destroy_client(requests)
+    assert not ros.spin_error, ros.spin_error
+    answers = [f.result() for f in futures + late]
+    assert not any(a.success for a in answers), [a.message for a in answers if a.success]
+    assert all(a.message and "\n" not in a.message and "internal error" not in a.message for a in answers)
+    messages = {a.message for a in answers}
+    assert "part_point_node is deactivating: try again when it is active" in messages, messages
+    assert all(m.startswith("part_point_node is ") for m in messages), messages
+    assert client.state(NODE) == "unconfigured" and node._worker is None and node._pointer is None
+    moved = node.set_parameters([Parameter("service_name", value="/elsewhere")])[0]  # the service stays
+    assert not moved.successful and f"service_name cannot change once {SERVICE} exists" in moved.reason
+
+    reconfigure(client, node, queue_size=1)
     answer = client.point()
     assert answer.success and answer.has_grasp_pose, answer.message
 

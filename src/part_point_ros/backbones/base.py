@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from part_point_ros.backbones.prefix import ImagePrefix
 from part_point_ros.types import HeadRef, ImageGrid
 
 
@@ -114,10 +115,13 @@ class BackboneAdapter(ABC):
         dtype: torch.dtype = torch.float32,
         max_layer: int | None = None,
         attn_implementation: str = "sdpa",
+        allow_pickle: bool = False,
     ) -> BackboneAdapter:
         """Load model + processor with the real ``from_pretrained`` (hub id or local directory).
 
         ``max_layer``: load only decoder layers ``0..max_layer`` (the deepest one a method needs).
+        ``allow_pickle``: also read pickled weights (``pytorch_model.bin``); UNSAFE, off by default:
+        only safetensors are read, and weights that cannot be read raise ``CheckpointError``.
         """
 
     @abstractmethod
@@ -137,6 +141,46 @@ class BackboneAdapter(ABC):
         self, image: np.ndarray, instruction: str, heads: Sequence[HeadRef], *, truncate: bool = True
     ) -> Capture:
         """One prefill; return Q/K/V of ``heads``. ``truncate`` stops after the deepest layer needed."""
+
+    def capture_and_prefix(
+        self, image: np.ndarray, instruction: str, heads: Sequence[HeadRef]
+    ) -> tuple[Capture, ImagePrefix | None]:
+        """``capture(image, instruction, heads)``, and the frame's ``ImagePrefix`` from the same prefill
+        (its KV cache through the last image token: ``backbones/prefix.py``), at no extra forward;
+        None where the prefix cannot be reused (this default)."""
+        return self.capture(image, instruction, heads, truncate=True), None
+
+    def capture_after_prefix(
+        self,
+        prefix: ImagePrefix,
+        instructions: Sequence[str],
+        heads: Sequence[HeadRef],
+        *,
+        batch: bool = True,
+    ) -> list[Capture]:
+        """``capture(image, instruction, heads)`` for each instruction on the prefix's frame; only each
+        instruction's suffix runs. ``batch``: all suffixes in one forward, else one forward each."""
+        raise NotImplementedError(f"{type(self).__name__} does not reuse image prefixes")
+
+    def capture_many(
+        self,
+        image: np.ndarray,
+        instructions: Sequence[str],
+        heads: Sequence[HeadRef],
+        *,
+        batch: bool = True,
+    ) -> tuple[list[Capture], ImagePrefix | None]:
+        """``capture(image, instruction, heads)`` for each instruction, and the frame's prefix (None: not
+        reusable). The first instruction's whole prompt runs once and leaves the prefix; the others run
+        only their suffixes after it (one whole prefill each where the prefix cannot be reused)."""
+        if not instructions:
+            raise ValueError("capture_many needs at least one instruction")
+        first, prefix = self.capture_and_prefix(image, instructions[0], heads)
+        rest = list(instructions[1:])
+        if prefix is None:
+            return [first, *(self.capture(image, text, heads, truncate=True) for text in rest)], None
+        after = self.capture_after_prefix(prefix, rest, heads, batch=batch) if rest else []
+        return [first, *after], prefix
 
     @abstractmethod
     def generate_with_grid(

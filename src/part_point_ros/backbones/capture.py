@@ -9,6 +9,10 @@ the model applied), records the selected heads of the selected layers, then dele
 original implementation (``sdpa``, the model's own ``eager`` function, ...). The masks are built
 by the original implementation's mask function. After the deepest needed layer is recorded, a
 private exception ends the forward so later layers never run.
+
+With a KV cache (image-prefix reuse, ``backbones/prefix.py``) the wrapper sees ``key``/``value``
+of the cached prefix and the new tokens, ``query`` of the new tokens only; a batch of right-padded
+suffixes is recorded row by row (``capture_qkv_batch``).
 """
 
 from __future__ import annotations
@@ -34,12 +38,13 @@ class _StopPrefill(Exception):
 
 @dataclass
 class _Recorder:
-    """What to record: attention module -> (layer, query heads of that layer)."""
+    """What to record: attention module -> (layer, query heads of that layer), for each batch row."""
 
     targets: dict[nn.Module, tuple[int, tuple[int, ...]]]
-    query_rows: torch.Tensor  # (L,) long: sequence positions whose queries are kept
+    query_rows: tuple[torch.Tensor, ...]  # per batch row: (L_b,) long indices into the query axis to keep
+    key_lengths: tuple[int | None, ...]  # per batch row: keys kept (a right-padded row's length; None: all)
     stop_module: nn.Module | None  # raise _StopPrefill after recording this one
-    records: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(
+    records: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = field(
         default_factory=dict
     )
     scalings: set[float] = field(default_factory=set)
@@ -47,15 +52,17 @@ class _Recorder:
     def record(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling):
         layer, heads = self.targets[module]
         groups = query.shape[1] // key.shape[1]  # query heads per KV head (GQA)
-        rows = self.query_rows.to(query.device)
+        rows = [r.to(query.device) for r in self.query_rows]
         for h in heads:
             kv = h // groups
-            q = query[0, h].index_select(0, rows)  # (S, d) -> (L, d)
-            self.records[(layer, h)] = (
-                q.detach().clone(),
-                key[0, kv].detach().clone(),
-                value[0, kv].detach().clone(),
-            )
+            self.records[(layer, h)] = [
+                (
+                    query[b, h].index_select(0, rows[b]).detach().clone(),  # (S, d) -> (L_b, d)
+                    key[b, kv, :n].detach().clone(),  # (S_kv, d) -> (n, d)
+                    value[b, kv, :n].detach().clone(),
+                )
+                for b, n in enumerate(self.key_lengths)
+            ]
         self.scalings.add(float(scaling))
 
 
@@ -138,26 +145,59 @@ def capture_qkv(
     the sequence positions whose query rows are kept. With ``truncate`` the forward stops right
     after the deepest layer in ``heads`` has been recorded.
     """
+    return capture_qkv_batch(forward, attention_modules, heads, [query_rows], [None], truncate=truncate)[0]
+
+
+def capture_qkv_batch(
+    forward: Callable[[], Any],
+    attention_modules: Sequence[nn.Module],
+    heads: Sequence[HeadRef],
+    query_rows: Sequence[torch.Tensor],
+    key_lengths: Sequence[int | None],
+    *,
+    truncate: bool = True,
+) -> list[CapturedQKV]:
+    """``capture_qkv`` for a forward over a batch: one ``CapturedQKV`` per batch row.
+
+    Row ``b`` keeps the query rows ``query_rows[b]`` (indices into the forward's query axis: with a
+    KV cache, the new tokens only) and the first ``key_lengths[b]`` keys and values (the cache and
+    the row's real tokens, without its right padding; None: all).
+    """
     if not heads:
         raise ValueError("capture needs at least one (layer, head)")
+    if len(query_rows) != len(key_lengths):
+        raise ValueError(f"{len(query_rows)} query_rows for {len(key_lengths)} key_lengths")
     by_layer: dict[int, list[int]] = {}
     for ref in heads:
         by_layer.setdefault(ref.layer, []).append(ref.head)
     targets = {attention_modules[layer]: (layer, tuple(hs)) for layer, hs in by_layer.items()}
     deepest = attention_modules[max(by_layer)]
-    recorder = _Recorder(targets=targets, query_rows=query_rows, stop_module=deepest if truncate else None)
-    with _capturing(recorder), torch.inference_mode():
-        try:
-            forward()
-        except _StopPrefill:
-            pass
+    recorder = _Recorder(
+        targets=targets,
+        query_rows=tuple(query_rows),
+        key_lengths=tuple(key_lengths),
+        stop_module=deepest if truncate else None,
+    )
+    _run(forward, recorder)
     missing = [str(ref) for ref in heads if (ref.layer, ref.head) not in recorder.records]
     if missing:
         raise RuntimeError(f"the forward never reached heads {missing}: is the model's attention dispatched?")
     if len(recorder.scalings) != 1:
         raise RuntimeError(f"layers use different softmax scales {sorted(recorder.scalings)}")
+    scaling = recorder.scalings.pop()
 
-    def stack(i: int) -> torch.Tensor:
-        return torch.stack([recorder.records[(r.layer, r.head)][i] for r in heads]).float().cpu()
+    def stack(b: int, i: int) -> torch.Tensor:
+        return torch.stack([recorder.records[(r.layer, r.head)][b][i] for r in heads]).float().cpu()
 
-    return CapturedQKV(queries=stack(0), keys=stack(1), values=stack(2), scaling=recorder.scalings.pop())
+    return [
+        CapturedQKV(queries=stack(b, 0), keys=stack(b, 1), values=stack(b, 2), scaling=scaling)
+        for b in range(len(query_rows))
+    ]
+
+
+def _run(forward: Callable[[], Any], recorder: _Recorder) -> None:
+    with _capturing(recorder), torch.inference_mode():
+        try:
+            forward()
+        except _StopPrefill:
+            pass

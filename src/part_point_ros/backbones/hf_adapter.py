@@ -7,19 +7,33 @@ its processor maps the image to the image-token grid.
 from __future__ import annotations
 
 import threading
+import warnings
 from abc import abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from part_point_ros.backbones.base import BackboneAdapter, BackboneInfo, Capture
-from part_point_ros.backbones.capture import capture_qkv
-from part_point_ros.errors import HeadMismatchError, InputError, UnknownBackboneError
+from part_point_ros.backbones.capture import CapturedQKV, capture_qkv, capture_qkv_batch
+from part_point_ros.backbones.prefix import (
+    PROBES,
+    ImagePrefix,
+    cache_from_prefix,
+    cached_prefix,
+    expand_image_token,
+    image_prefix_length,
+    suffix_batch,
+)
+from part_point_ros.errors import CheckpointError, HeadMismatchError, InputError, UnknownBackboneError
 from part_point_ros.types import HeadRef, ImageGrid
 
+# The processor's per-token outputs: made again for each prompt; the other tensors it returns are the image's.
+TOKEN_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
 SUPPORTED_HINT = "supported families: llava (LLaVA-1.5), qwen2_5_vl (Qwen2.5-VL)"
 
 
@@ -35,6 +49,66 @@ def read_config(name_or_path: str) -> Any:
             f"cannot read backbone {name_or_path!r}: give a hub id or a local directory with a config.json "
             f"({reason[:160]}); {SUPPORTED_HINT}"
         ) from err
+
+
+PICKLE_HINT = (
+    "part-point reads safetensors only, because unpickling a file can run code from it: convert the "
+    "weights (load them once where you trust them and save_pretrained(DIR), which writes "
+    "model.safetensors), or, if you trust the file, pass allow_pickle=True (CLI: --allow-pickle-weights)"
+)
+PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_local_weights(name_or_path: str) -> None:
+    """A local backbone directory without safetensors weights -> one CheckpointError line.
+
+    Pickled weights (``pytorch_model.bin``) are named with the way out; a hub id is not checked here.
+    """
+    root = Path(name_or_path).expanduser()
+    if not root.is_dir() or any(root.glob("*.safetensors")) or any(root.glob("*.safetensors.index.json")):
+        return
+    pickled = sorted(p.name for p in root.iterdir() if p.name.endswith(PICKLED_SUFFIXES))
+    if pickled:
+        raise CheckpointError(
+            f"backbone {name_or_path!r} has pickled weights only ({', '.join(pickled[:3])}), no "
+            f"model.safetensors; {PICKLE_HINT}"
+        )
+    raise CheckpointError(
+        f"backbone {name_or_path!r} has no weights (no model.safetensors beside its config.json): "
+        "copy or download the whole model directory"
+    )
+
+
+def _weights_error(name_or_path: str, err: Exception) -> CheckpointError | None:
+    """The one-line CheckpointError for a transformers / safetensors loading failure, else None."""
+    reason = " ".join(str(err).split())
+    if isinstance(err, SafetensorError):
+        return CheckpointError(
+            f"backbone {name_or_path!r}: cannot read its weights ({reason[:160]}): the safetensors file is "
+            "truncated or not a safetensors file; copy or download it again"
+        )
+    if isinstance(err, OSError) and "use_safetensors" in reason:  # a hub repo with pickled weights only
+        return CheckpointError(f"backbone {name_or_path!r} has pickled weights only; {PICKLE_HINT}")
+    if isinstance(err, RuntimeError) and reason.startswith("Error(s) in loading state_dict"):
+        return CheckpointError(
+            f"backbone {name_or_path!r}: its weights do not load ({reason[:200]}): copy or download the "
+            "model again"
+        )
+    return None
+
+
+def check_weight_shapes(name_or_path: str, mismatched: Any) -> None:
+    """transformers' ``mismatched_keys`` ((name, checkpoint shape, model shape), ...) -> CheckpointError."""
+    if not mismatched:
+        return
+    rows = sorted((str(k), tuple(a), tuple(b)) for k, a, b in mismatched)
+    shown = ", ".join(f"{k} {a} != {b}" for k, a, b in rows[:3])
+    more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+    raise CheckpointError(
+        f"backbone {name_or_path!r}: {len(rows)} weight(s) in the checkpoint do not have the shape its "
+        f"config.json gives them ({shown}{more}; checkpoint != config): the weights belong to another "
+        "model, or config.json was changed; use the model's own files"
+    )
 
 
 class HFAdapter(BackboneAdapter):
@@ -69,6 +143,15 @@ class HFAdapter(BackboneAdapter):
     def decoder_layers(self) -> nn.ModuleList:
         return self.model.model.language_model.layers
 
+    @property
+    def attention_modules(self) -> list[nn.Module]:
+        return [layer.self_attn for layer in self.decoder_layers]
+
+    def _position_ids(self, ids: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Positions of a whole prompt's tokens ``ids`` (S,) as the model's forward takes them for a
+        batch of one; ``inputs``: the frame's processor tensors. Default 1D RoPE: (1, S) = 0..S-1."""
+        return torch.arange(ids.shape[0], device=ids.device)[None]
+
     # ----- loading --------------------------------------------------------------------------------
 
     @classmethod
@@ -80,6 +163,7 @@ class HFAdapter(BackboneAdapter):
         dtype: torch.dtype = torch.float32,
         max_layer: int | None = None,
         attn_implementation: str = "sdpa",
+        allow_pickle: bool = False,
     ) -> HFAdapter:
         config = read_config(name_or_path)
         if config.model_type not in cls.model_types:
@@ -97,17 +181,31 @@ class HFAdapter(BackboneAdapter):
             text.num_hidden_layers = max_layer + 1  # layers beyond are never built nor read from disk
             if isinstance(getattr(text, "layer_types", None), list):
                 text.layer_types = text.layer_types[: max_layer + 1]
+        if not allow_pickle:
+            check_local_weights(name_or_path)
         from transformers.utils import logging as hf_logging
 
         verbosity = hf_logging.get_verbosity()
         if max_layer is not None:  # the skipped layers' weights are reported as "unexpected": expected here
             hf_logging.set_verbosity_error()
         try:
-            model = cls._model_class().from_pretrained(
-                name_or_path, config=config, dtype=dtype, attn_implementation=attn_implementation
+            model, loading = cls._model_class().from_pretrained(
+                name_or_path,
+                config=config,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                use_safetensors=None if allow_pickle else True,  # None: safetensors first, then .bin
+                ignore_mismatched_sizes=True,  # refused below, in one line naming the tensors
+                output_loading_info=True,
             )
+        except (OSError, RuntimeError, SafetensorError) as err:
+            error = _weights_error(name_or_path, err)
+            if error is None:
+                raise
+            raise error from err
         finally:
             hf_logging.set_verbosity(verbosity)
+        check_weight_shapes(name_or_path, loading.get("mismatched_keys"))
         model.to(device).eval().requires_grad_(False)
         info = BackboneInfo(
             name=str(name_or_path),
@@ -179,28 +277,136 @@ class HFAdapter(BackboneAdapter):
         heads = tuple(heads)
         self.check_heads(heads)
         inputs, grid = self.prepare(image, self.build_prompt(instruction))
+        return self._capture_prompt(inputs, grid, heads, truncate=truncate)
+
+    def _capture_prompt(
+        self,
+        inputs: dict[str, torch.Tensor],
+        grid: ImageGrid,
+        heads: tuple[HeadRef, ...],
+        *,
+        truncate: bool,
+        cache: Any = None,
+    ) -> Capture:
+        """One prefill of a whole prompt (processor ``inputs``); ``cache``: a KV cache it fills as it goes."""
         ids = inputs["input_ids"][0]
         image_positions = self.image_token_positions(ids).cpu()
         text_positions = torch.arange(int(image_positions[-1]) + 1, ids.shape[0])
-        attention = [layer.self_attn for layer in self.decoder_layers]
         with self._lock:
             qkv = capture_qkv(
-                lambda: self.model.model(**inputs, use_cache=False),
-                attention,
+                lambda: self.model.model(**inputs, past_key_values=cache, use_cache=cache is not None),
+                self.attention_modules,
                 heads,
                 text_positions,
                 truncate=truncate,
             )
-        return Capture(
-            heads=heads,
-            queries=qkv.queries,
-            keys=qkv.keys,
-            values=qkv.values,
-            image_positions=image_positions,
-            text_positions=text_positions,
-            scaling=qkv.scaling,
+        return _as_capture(qkv, heads, image_positions, text_positions, grid)
+
+    # ----- image-prefix reuse (backbones/prefix.py) ----------------------------------------------
+
+    def prompt_ids(self, instruction: str, n_image_tokens: int) -> torch.Tensor:
+        """(S,) the ids the processor makes of the prompt around ``instruction`` for an image of
+        ``n_image_tokens`` tokens, without processing the image again (model device)."""
+        ids = self.processor.tokenizer(self.build_prompt(instruction), return_tensors="pt")["input_ids"][0]
+        return expand_image_token(ids, self.image_token_id, n_image_tokens).to(self.device)
+
+    def _reusable_prefix_length(self, instruction: str, ids: torch.Tensor) -> int | None:
+        """P0 of a frame whose prompt for ``instruction`` the processor made ``ids`` (S,) of; None: the
+        prefix cannot be reused (the template, the tokenizer or the attention does not allow it)."""
+        layer_types = getattr(self.model.config.get_text_config(), "layer_types", None) or ()
+        if any(kind != "full_attention" for kind in layer_types):
+            return None  # a sliding-window cache keeps only the window: the captured keys would be cut
+        n_image = int((ids == self.image_token_id).sum())
+        if not torch.equal(self.prompt_ids(instruction, n_image), ids):
+            warnings.warn(
+                f"{self.info.name}: the tokenizer alone does not give the processor's prompt ids, so "
+                "the image prefix is not reused (each query runs the whole prompt)",
+                stacklevel=4,
+            )
+            return None
+        probes = [self.prompt_ids(probe, n_image) for probe in PROBES]
+        length = image_prefix_length(*probes, self.image_token_id)
+        return length if length is not None and torch.equal(ids[:length], probes[0][:length]) else None
+
+    def capture_and_prefix(
+        self, image: np.ndarray, instruction: str, heads: Sequence[HeadRef]
+    ) -> tuple[Capture, ImagePrefix | None]:
+        heads = tuple(heads)
+        self.check_heads(heads)
+        inputs, grid = self.prepare(image, self.build_prompt(instruction))
+        length = self._reusable_prefix_length(instruction, inputs["input_ids"][0])
+        if length is None:
+            return self._capture_prompt(inputs, grid, heads, truncate=True), None
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        capture = self._capture_prompt(inputs, grid, heads, truncate=True, cache=cache)
+        depth = max(ref.layer for ref in heads) + 1  # the truncated prefill filled layers 0..depth-1
+        prefix = ImagePrefix(
             grid=grid,
+            ids=inputs["input_ids"][0, :length],
+            image_positions=capture.image_positions,
+            image_inputs={k: v for k, v in inputs.items() if k not in TOKEN_INPUTS and k != "pixel_values"},
+            past=cached_prefix(cache, depth, length),
         )
+        return capture, prefix
+
+    def capture_after_prefix(
+        self,
+        prefix: ImagePrefix,
+        instructions: Sequence[str],
+        heads: Sequence[HeadRef],
+        *,
+        batch: bool = True,
+    ) -> list[Capture]:
+        heads = tuple(heads)
+        self.check_heads(heads)
+        deepest = max(ref.layer for ref in heads)
+        if deepest >= prefix.depth:
+            raise HeadMismatchError(
+                f"head layer {deepest} is past the prefix's cache (layers 0..{prefix.depth - 1}): prefill "
+                "the frame with these heads"
+            )
+        prompts = [self._prompt_after(prefix, instruction) for instruction in instructions]
+        if batch:
+            return self._capture_suffixes(prefix, prompts, heads)
+        return [self._capture_suffixes(prefix, [prompt], heads)[0] for prompt in prompts]
+
+    def _prompt_after(self, prefix: ImagePrefix, instruction: str) -> torch.Tensor:
+        """(S,) the whole prompt's ids for ``instruction``; they start with the prefix's."""
+        ids = self.prompt_ids(instruction, prefix.image_positions.numel())
+        if not torch.equal(ids[: prefix.length], prefix.ids):  # the prefix ends with a special token
+            raise RuntimeError(f"the prompt for {instruction!r} does not start with the frame's prefix")
+        return ids
+
+    def _capture_suffixes(
+        self, prefix: ImagePrefix, prompts: Sequence[torch.Tensor], heads: tuple[HeadRef, ...]
+    ) -> list[Capture]:
+        """One forward over the suffixes of ``prompts`` (whole prompts' ids) after the prefix's cache."""
+        pad_id = self.processor.tokenizer.pad_token_id
+        positions = [self._position_ids(ids, prefix.image_inputs) for ids in prompts]
+        batch = suffix_batch(prompts, positions, prefix.length, 0 if pad_id is None else pad_id)
+        first_text = int(prefix.image_positions[-1]) + 1  # Capture's query rows: every token after the image
+        text_positions = [torch.arange(first_text, prefix.length + n) for n in batch.lengths]
+        cache = cache_from_prefix(prefix, len(prompts), self.model.config)
+        with self._lock:
+            qkvs = capture_qkv_batch(
+                lambda: self.model.model(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    past_key_values=cache,
+                    use_cache=True,
+                ),
+                self.attention_modules,
+                heads,
+                [rows - prefix.length for rows in text_positions],  # sequence index -> suffix index
+                [prefix.length + n for n in batch.lengths],  # keys: the prefix and the real suffix tokens
+            )
+        return [
+            _as_capture(qkv, heads, prefix.image_positions, rows, prefix.grid)
+            for qkv, rows in zip(qkvs, text_positions, strict=True)
+        ]
 
     def generate_with_grid(
         self, image: np.ndarray, instruction: str, *, max_new_tokens: int = 64
@@ -211,3 +417,22 @@ class HFAdapter(BackboneAdapter):
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new_tokens = out[0, inputs["input_ids"].shape[1] :]
         return self.processor.decode(new_tokens, skip_special_tokens=True).strip(), grid
+
+
+def _as_capture(
+    qkv: CapturedQKV,
+    heads: tuple[HeadRef, ...],
+    image_positions: torch.Tensor,
+    text_positions: torch.Tensor,
+    grid: ImageGrid,
+) -> Capture:
+    return Capture(
+        heads=heads,
+        queries=qkv.queries,
+        keys=qkv.keys,
+        values=qkv.values,
+        image_positions=image_positions,
+        text_positions=text_positions,
+        scaling=qkv.scaling,
+        grid=grid,
+    )

@@ -43,6 +43,15 @@ class Qwen25VLAdapter(HFAdapter):
         ]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    def _position_ids(self, ids: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """M-RoPE positions (3, 1, S) of a whole prompt, from the model's own ``get_rope_index`` with the
+        processor's own modality types: exactly what the forward computes when given no positions."""
+        types = torch.tensor(self.processor.create_mm_token_type_ids([ids.tolist()]), device=ids.device)
+        positions, _ = self.model.model.get_rope_index(
+            ids[None], mm_token_type_ids=types, image_grid_thw=inputs["image_grid_thw"]
+        )
+        return positions
+
     def _grid(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor]) -> ImageGrid:
         _, grid_h, grid_w = (int(v) for v in inputs["image_grid_thw"][0])  # patches before merging
         merge = self.processor.image_processor.merge_size

@@ -30,6 +30,26 @@ _DTYPES = {
 }
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch device, or one InputError line when it cannot be used on this machine."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise InputError(f"unknown device {str(device)!r}: use cpu, cuda or cuda:N") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise InputError(
+                f"device {str(device)!r}: torch sees no CUDA GPU here (torch {torch.__version__}, {build}); "
+                "use device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type not in ("cpu", "mps"):
+        raise InputError(f"device {str(device)!r} is not supported: use cpu, cuda or cuda:N")
+    return dev
+
+
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """``"float32"`` / ``"bfloat16"`` / ``"float16"`` (or a torch.dtype) -> torch.dtype."""
     if isinstance(dtype, torch.dtype):
@@ -47,8 +67,12 @@ def load_backbone(
     dtype: str | torch.dtype = "float32",
     max_layer: int | None = None,
     attn_implementation: str = "sdpa",
+    allow_pickle: bool = False,
 ) -> BackboneAdapter:
-    """Load a supported MLLM (hub id or local directory) behind its family's adapter."""
+    """Load a supported MLLM (hub id or local directory) behind its family's adapter.
+
+    Only safetensors weights are read unless ``allow_pickle`` (UNSAFE: unpickling can run code).
+    """
     config = read_config(name_or_path)
     model_type = getattr(config, "model_type", None)
     if model_type not in REGISTRY:
@@ -63,4 +87,5 @@ def load_backbone(
         dtype=parse_dtype(dtype),
         max_layer=max_layer,
         attn_implementation=attn_implementation,
+        allow_pickle=allow_pickle,
     )

@@ -6,10 +6,19 @@ speed does not depend on its weights. One backbone load serves every method: the
 is ``capture(truncate=True)`` on the same model, and a weights estimate says what a truncated
 load (``max_layer``) would keep. Text pointing generates exactly ``max_new_tokens`` tokens
 (``min_new_tokens`` forces it) so random weights cannot stop early.
+
+Several parts of one frame (a2p and attention): one query on a new frame, five queries on a new
+frame with ``point_many`` (suffixes batched, the default; one forward per query; no prefix reuse at
+all, i.e. five ``point`` calls as before), and one more query on a frame already seen (the
+same-frame prefix). Every "new frame" row alternates two frames that differ in one pixel, so the
+kept prefix never matches. The report also gives the largest distance between the points with and
+without reuse.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 import statistics
 import tempfile
@@ -23,6 +32,7 @@ import numpy as np
 import torch
 
 QUERY = "the handle of the mug"
+QUERIES = (QUERY, "the rim of the mug", "the lid of the kettle", "the blade", "the cap of the bottle")
 _LM_LAYER = re.compile(r"language_model\.(?:model\.)?layers\.(\d+)\.")
 
 
@@ -62,6 +72,70 @@ def _test_image(width: int = 640, height: int = 480) -> np.ndarray:
     return image
 
 
+def _new_frames(image: np.ndarray) -> Callable[[], np.ndarray]:
+    """A function giving ``image`` and a copy with one pixel changed in turn: always a new frame."""
+    other = image.copy()
+    other[0, 0, 0] ^= 1
+    return itertools.cycle([image, other]).__next__
+
+
+def _multi_query_ms(
+    method: str,
+    pointer_options: dict[str, Any],
+    image: np.ndarray,
+    timed: Callable[[Callable[[], Any]], float],
+) -> dict[str, float]:
+    """ms of one and of five queries on a new frame (three ways) and of one on a frame already seen."""
+    from part_point_ros.grounding.pointer import PartPointer
+
+    def pointer(**options: Any) -> PartPointer:
+        return PartPointer(method=method, **pointer_options, **options)
+
+    default, one_by_one = pointer(), pointer(batch_queries=False)
+    uncached = pointer(reuse_prefix=False, batch_queries=False)
+    new_frame = _new_frames(image)
+    ms = {
+        method: timed(lambda: default.point(new_frame(), QUERY)),
+        f"{method}_5_queries": timed(lambda: default.point_many(new_frame(), QUERIES)),
+        f"{method}_5_queries_one_by_one": timed(lambda: one_by_one.point_many(new_frame(), QUERIES)),
+        f"{method}_5_queries_no_reuse": timed(lambda: uncached.point_many(new_frame(), QUERIES)),
+    }
+    default.point(image, QUERY)  # the frame is kept from now on
+    ms[f"{method}_same_frame"] = timed(lambda: default.point(image, QUERIES[1]))
+    return ms
+
+
+def _multi_query_capture_ms(
+    adapter: Any, heads: list[Any], image: np.ndarray, timed: Callable[[Callable[[], Any]], float]
+) -> dict[str, float]:
+    """``_multi_query_ms`` for the backbone alone: the captures, without head or decoding."""
+    new_frame = _new_frames(image)
+    ms = {
+        "capture_5_queries": timed(lambda: adapter.capture_many(new_frame(), QUERIES, heads)),
+        "capture_5_queries_one_by_one": timed(
+            lambda: adapter.capture_many(new_frame(), QUERIES, heads, batch=False)
+        ),
+        "capture_5_queries_no_reuse": timed(
+            lambda: [adapter.capture(new_frame(), q, heads) for q in QUERIES]
+        ),
+    }
+    _, prefix = adapter.capture_and_prefix(image, QUERY, heads)
+    if prefix is not None:
+        ms["capture_same_frame"] = timed(lambda: adapter.capture_after_prefix(prefix, QUERIES[1:2], heads))
+    return ms
+
+
+def _reuse_shift_px(method: str, pointer_options: dict[str, Any], image: np.ndarray) -> float:
+    """Largest distance (px) between the points of ``point_many`` (prefix reused, batched) and of one
+    uncached ``point`` per query: 0 when reuse gives the same points."""
+    from part_point_ros.grounding.pointer import PartPointer
+
+    reused = PartPointer(method=method, **pointer_options).point_many(image, QUERIES)
+    uncached = PartPointer(method=method, reuse_prefix=False, **pointer_options)
+    alone = [uncached.point(image, query) for query in QUERIES]
+    return max(math.dist((a.x, a.y), (b.x, b.y)) for a, b in zip(reused, alone, strict=True))
+
+
 def _bench_heads(info: Any, heads: str | None) -> list[Any]:
     from part_point_ros.grounding.localization_heads import known_heads_name, load_heads
     from part_point_ros.types import HeadRef
@@ -81,10 +155,10 @@ def run_bench(
     reps: int = 10,
     warmup: int = 2,
     max_new_tokens: int = 32,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Time every method and stage; return a JSON-ready report."""
     from part_point_ros.backbones.registry import load_backbone
-    from part_point_ros.grounding.pointer import PartPointer
     from part_point_ros.grounding.text_pointing import text_prompt
     from part_point_ros.heads import HeadConfig, PartPointHead
 
@@ -104,7 +178,7 @@ def run_bench(
                     image_size=224,
                 )
             )
-        adapter = load_backbone(name, device=device, dtype=dtype)
+        adapter = load_backbone(name, device=device, dtype=dtype, allow_pickle=allow_pickle)
         info = adapter.info
         head_refs = _bench_heads(info, heads)
         torch.manual_seed(0)
@@ -118,8 +192,10 @@ def run_bench(
             if adapter.device.type == "cuda":
                 torch.cuda.synchronize(adapter.device)
 
-        a2p = PartPointer(backbone=adapter, method="a2p", head=head)
-        attention = PartPointer(backbone=adapter, method="attention", heads=head_refs)
+        options = {
+            "a2p": {"backbone": adapter, "head": head},
+            "attention": {"backbone": adapter, "heads": head_refs},
+        }
         with torch.inference_mode():
             capture = adapter.capture(image, QUERY, head_refs, truncate=True).to(adapter.device)
         grid = (capture.grid.rows, capture.grid.cols)
@@ -141,14 +217,21 @@ def run_bench(
             with torch.inference_mode():
                 return _median_ms(fn, reps=reps, warmup=warmup, sync=sync)
 
+        n = len(QUERIES)
+        q5, mask5 = q.expand(n, -1, -1, -1), mask.expand(n, -1)  # (1, ...) -> (5, ...): one frame, 5 queries
+        keys5, values5 = keys.expand(n, -1, -1, -1), values.expand(n, -1, -1, -1)
         ms = {
             "head_only": timed(lambda: head(q, mask, keys, values, grid)),
+            "head_only_5_queries": timed(lambda: head(q5, mask5, keys5, values5, grid)),
             "capture_truncated": timed(lambda: adapter.capture(image, QUERY, head_refs, truncate=True)),
             "capture_full": timed(lambda: adapter.capture(image, QUERY, head_refs, truncate=False)),
-            "a2p": timed(lambda: a2p.point(image, QUERY)),
-            "attention": timed(lambda: attention.point(image, QUERY)),
+            **_multi_query_capture_ms(adapter, head_refs, image, timed),
+            **_multi_query_ms("a2p", options["a2p"], image, timed),
+            **_multi_query_ms("attention", options["attention"], image, timed),
             "text": timed(text_generate),
         }
+        with torch.inference_mode():
+            shift = {method: _reuse_shift_px(method, options[method], image) for method in options}
         deepest = max(h.layer for h in head_refs)
         return {
             "backbone": asdict(info),
@@ -167,7 +250,12 @@ def run_bench(
                 "full_over_truncated_forward": ms["capture_full"] / ms["capture_truncated"],
                 "attention_over_a2p": ms["attention"] / ms["a2p"],
                 "head_share_of_a2p": ms["head_only"] / ms["a2p"],
+                **_multi_query_ratios(ms, "capture", one=ms["capture_truncated"]),
+                **_multi_query_ratios(ms, "a2p"),
+                **_multi_query_ratios(ms, "attention"),
             },
+            "queries_per_frame": n,
+            "reuse_max_shift_px": shift,
             "weights_mb": {
                 "full": _weights_mb(adapter.model, None),
                 f"truncated_at_layer_{deepest}": _weights_mb(adapter.model, deepest),
@@ -176,6 +264,52 @@ def run_bench(
             if adapter.device.type == "cuda"
             else None,
         }
+
+
+MULTI_QUERY_ROWS = {  # latency key suffix -> (label, ratio key suffix)
+    "5_queries": ("point_many, suffixes batched (default)", "5_over_1"),
+    "5_queries_one_by_one": ("point_many, one forward per query", "5_one_by_one_over_1"),
+    "5_queries_no_reuse": ("5 x point(), no prefix reuse", "5_no_reuse_over_1"),
+    "same_frame": ("1 query on a frame already seen", "same_frame_over_new"),
+}
+MULTI_QUERY_COLUMNS = ("capture", "a2p", "attention")  # capture: the backbone's Q/K/V alone
+
+
+def _multi_query_ratios(ms: dict[str, float], method: str, *, one: float | None = None) -> dict[str, float]:
+    """Each multi-query row of ``method`` over one query on a new frame (``one``, default ms[method])."""
+    one = ms[method] if one is None else one
+    return {
+        f"{method}_{ratio}": ms[f"{method}_{key}"] / one
+        for key, (_, ratio) in MULTI_QUERY_ROWS.items()
+        if f"{method}_{key}" in ms
+    }
+
+
+def _multi_query_lines(report: dict[str, Any]) -> list[str]:
+    """The multi-query table: ms and ratio to one query on a new frame, per column (the backbone's
+    captures alone, a2p, attention)."""
+    ms, ratios = report["latency_ms"], report["ratios"]
+    one = {"capture": ms["capture_truncated"], "a2p": ms["a2p"], "attention": ms["attention"]}
+    title = f"{report['queries_per_frame']} queries on one frame (target <= 1.5x one)"
+    lines = [
+        f"{title:<44}" + "".join(f"{f'{c} ms':>14}{'/ 1 q':>8}" for c in MULTI_QUERY_COLUMNS),
+        f"{'1 query on a new frame':<44}"
+        + "".join(f"{one[c]:>14.2f}{'1.00x':>8}" for c in MULTI_QUERY_COLUMNS),
+    ]
+    for key, (label, ratio) in MULTI_QUERY_ROWS.items():
+        cells = [
+            f"{ms[f'{c}_{key}']:>14.2f}{ratios[f'{c}_{ratio}']:>7.2f}x"
+            if f"{c}_{key}" in ms
+            else f"{'-':>22}"
+            for c in MULTI_QUERY_COLUMNS
+        ]
+        lines.append(f"{label:<44}{''.join(cells)}")
+    shift = report["reuse_max_shift_px"]
+    lines.append(
+        f"points with vs without prefix reuse: largest shift a2p {shift['a2p']:.2g} px, "
+        f"attention {shift['attention']:.2g} px"
+    )
+    return lines
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -191,6 +325,7 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     labels = {
         "head_only": "head only (Q-Synth + A2P)",
+        "head_only_5_queries": f"head only, {report['queries_per_frame']} queries batched",
         "capture_truncated": "prefill, truncated at deepest head",
         "capture_full": "prefill, all layers",
         "a2p": "a2p point() end to end",
@@ -199,6 +334,7 @@ def format_report(report: dict[str, Any]) -> str:
     }
     for key, label in labels.items():
         lines.append(f"{label:<34}{report['latency_ms'][key]:>10.2f}")
+    lines += ["", *_multi_query_lines(report)]
     r = report["ratios"]
     lines += [
         "",
@@ -211,8 +347,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"weights: {weights}")
     if report.get("tiny_backbone"):
         lines.append(
-            "note: tiny random backbone; the paper-size head outweighs it, so text / a2p here is not the "
-            "7B ratio (paper: 5.0x LLaVA, 3.3x Qwen): run with --backbone for real numbers"
+            f"note: tiny random backbone; the head (the paper's layout, k = {len(report['heads'])}, at this "
+            f"backbone's d_h = {info['head_dim']}) outweighs it, so text / a2p and a2p's multi-query ratio "
+            "here are not the 7B ones (paper: text / a2p 5.0x LLaVA, 3.3x Qwen): run with --backbone for "
+            "real numbers"
         )
     params = report["head_parameters"]
     lines.append(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from part_point_ros.cli import backbone_commands, train_commands
+from part_point_ros.grounding.inputs import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
 
 PROG = "part-point"
 # Verbs other parts of the project will fill in; until then they say so and exit 2.
@@ -30,6 +31,12 @@ def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     parser.add_argument(
         "--dtype", default="float32", help="backbone dtype: float32, bfloat16 or float16 (default float32)"
+    )
+    parser.add_argument(
+        "--allow-pickle-weights",
+        action="store_true",
+        help="UNSAFE: also load pickled backbone weights (pytorch_model.bin); unpickling can run code "
+        "from the file, so use it only for files you trust (default: safetensors only)",
     )
 
 
@@ -56,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     point.add_argument("--no-subpixel", action="store_true", help="skip the sub-pixel peak refinement")
     point.add_argument("--max-new-tokens", type=int, default=64, help="text: generation budget (default 64)")
     point.add_argument("--allow-grey", action="store_true", help="accept greyscale images (used as RGB)")
+    point.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=MAX_IMAGE_PIXELS,
+        metavar="N",
+        help=f"refuse images with more pixels (W x H) than this (default {MAX_IMAGE_PIXELS} = 4096x2160)",
+    )
+    point.add_argument(
+        "--max-aspect-ratio",
+        type=float,
+        default=MAX_ASPECT_RATIO,
+        metavar="R",
+        help=f"refuse images whose long side is over R x the short side (default {MAX_ASPECT_RATIO:g})",
+    )
     point.add_argument("--json", action="store_true", help="print one JSON object")
     point.add_argument("--overlay", metavar="OUT.png", help="write the image with heatmap and point")
     _add_backbone_options(point)
@@ -140,10 +161,13 @@ def _json_safe(value: Any) -> Any:
 
 
 def cmd_point(args: argparse.Namespace) -> int:
-    from part_point_ros.grounding.inputs import check_query, read_image
+    from part_point_ros.grounding.inputs import check_limits, check_query, read_image
 
     query = check_query(args.query)  # fail fast, before loading any model
-    image = read_image(args.image, allow_grey=args.allow_grey)
+    max_pixels, max_ratio = check_limits(args.max_image_pixels, args.max_aspect_ratio)
+    image = read_image(
+        args.image, allow_grey=args.allow_grey, max_image_pixels=max_pixels, max_aspect_ratio=max_ratio
+    )
     head = args.head
     if head and (
         Path(head).expanduser().is_dir() or head.startswith((".", "/", "~")) or head.count("/") != 1
@@ -165,6 +189,9 @@ def cmd_point(args: argparse.Namespace) -> int:
         subpixel=False if args.no_subpixel else None,
         max_new_tokens=args.max_new_tokens,
         allow_grey=args.allow_grey,
+        max_image_pixels=max_pixels,
+        max_aspect_ratio=max_ratio,
+        allow_pickle=args.allow_pickle_weights,
     )
     result = pointer.point(image, query)
     if args.overlay:
@@ -220,7 +247,9 @@ def cmd_select_heads(args: argparse.Namespace) -> int:
     print(dataset.report(), file=sys.stderr)
     if len(dataset) == 0:
         raise UserError(f"--data {args.data}: the dataset has no samples")
-    backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype)
+    backbone = load_backbone(
+        args.backbone, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle_weights
+    )
     n = min(len(dataset), args.max_samples)
 
     def progress(done: int) -> None:
@@ -256,6 +285,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         reps=args.reps,
         warmup=args.warmup,
         max_new_tokens=args.max_new_tokens,
+        allow_pickle=args.allow_pickle_weights,
     )
     print(json.dumps(_json_safe(report), indent=2) if args.json else format_report(report))
     return 0

@@ -5,6 +5,8 @@ Every rejection is an ``InputError`` with one line that says what was given and 
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,68 @@ from part_point_ros.errors import InputError
 
 MAX_QUERY_CHARS = 1000
 MIN_IMAGE_SIDE = 2
+# Limits on what one request may cost. MAX_IMAGE_PIXELS admits every robot camera up to 4K (DCI
+# 4096x2160; UHD 3840x2160). The aspect ratio bounds the rest: a pad-to-square processor (LLaVA) pads
+# the image to a max(W, H)^2 canvas before resizing, so a 20000x2 image (40 kpx) costs as much as a
+# 20000x20000 one (5.5 GB, 17 s). With both limits the canvas is at most MAX_IMAGE_PIXELS x
+# MAX_ASPECT_RATIO = 71 Mpx (8413x1051 -> 8413^2: about 1 GB and 2-3 s on one CPU core); 8:1 admits
+# 32:9 monitors, side-by-side stereo and most panoramas. Qwen2.5-VL's processor refuses over 200:1.
+MAX_IMAGE_PIXELS = 4096 * 2160
+MAX_ASPECT_RATIO = 8.0
 
 
-def check_image(image: object, *, allow_grey: bool = False) -> np.ndarray:
+def check_image_size(
+    width: int,
+    height: int,
+    *,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    what: str = "image",
+) -> None:
+    """Raise ``InputError`` for an image of ``width`` x ``height`` pixels over the request limits.
+
+    Cheap (no pixel is read): callers check before decoding or converting an image. The message
+    names the limit and the option that changes it (Python, CLI, ROS parameter: the same name).
+    """
+    short, long = min(width, height), max(width, height)
+    if short < MIN_IMAGE_SIDE:
+        raise InputError(f"{what} is too small ({width}x{height} px)")
+    if long > max_aspect_ratio * short:
+        raise InputError(
+            f"{what} is {width}x{height} px, aspect ratio {long / short:.1f}:1, over the limit of "
+            f"{max_aspect_ratio:g}:1: crop it nearer to square, or raise max_aspect_ratio "
+            "(CLI: --max-aspect-ratio)"
+        )
+    if width * height > max_image_pixels:
+        raise InputError(
+            f"{what} is {width}x{height} = {width * height} px, over the limit of {max_image_pixels} px: "
+            "downscale it, or raise max_image_pixels (CLI: --max-image-pixels)"
+        )
+
+
+def check_limits(max_image_pixels: object, max_aspect_ratio: object) -> tuple[int, float]:
+    """The two request limits as (int, float), or ``InputError`` naming the bad one."""
+    pixels, ratio = max_image_pixels, max_aspect_ratio
+    if isinstance(pixels, bool) or not isinstance(pixels, (int, np.integer)) or pixels < MIN_IMAGE_SIDE**2:
+        raise InputError(f"max_image_pixels must be an integer >= {MIN_IMAGE_SIDE**2}, got {pixels!r}")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.integer, np.floating)):
+        raise InputError(f"max_aspect_ratio must be a number >= 1 (long side / short side), got {ratio!r}")
+    if not (1.0 <= float(ratio) < math.inf):
+        raise InputError(f"max_aspect_ratio must be a number >= 1 (long side / short side), got {ratio!r}")
+    return int(pixels), float(ratio)
+
+
+def check_image(
+    image: object,
+    *,
+    allow_grey: bool = False,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
+) -> np.ndarray:
     """Return ``image`` as a contiguous (H, W, 3) uint8 RGB array, or raise ``InputError``.
 
-    A (H, W) or (H, W, 1) grey image is replicated to 3 channels only when ``allow_grey``.
+    A (H, W) or (H, W, 1) grey image is replicated to 3 channels only when ``allow_grey``. Images
+    over ``max_image_pixels`` or ``max_aspect_ratio`` are refused (``check_image_size``) before any copy.
     """
     if not isinstance(image, np.ndarray):
         raise InputError(f"image must be a numpy array (H, W, 3) uint8 RGB, got {type(image).__name__}")
@@ -38,6 +96,7 @@ def check_image(image: object, *, allow_grey: bool = False) -> np.ndarray:
             f"image must be uint8 (0..255), got dtype {dtype} with shape {shape}; convert it, e.g. "
             "(img / img.max() * 255).astype(np.uint8) for 16-bit or float images"
         )
+    check_image_size(shape[1], shape[0], max_image_pixels=max_image_pixels, max_aspect_ratio=max_aspect_ratio)
     if grey:
         if not allow_grey:
             raise InputError(
@@ -45,8 +104,6 @@ def check_image(image: object, *, allow_grey: bool = False) -> np.ndarray:
                 "replicate it to RGB, or convert it yourself"
             )
         image = np.repeat(image.reshape(shape[0], shape[1], 1), 3, axis=2)  # (H, W[, 1]) -> (H, W, 3)
-    if min(image.shape[:2]) < MIN_IMAGE_SIDE:
-        raise InputError(f"image is too small ({image.shape[1]}x{image.shape[0]} px)")
     return np.ascontiguousarray(image)
 
 
@@ -87,11 +144,18 @@ def reserved_tokens(processor: Any) -> tuple[str, ...]:
     return tuple(sorted((t for t in found if isinstance(t, str) and t.strip()), key=len, reverse=True))
 
 
-def read_image(path: str | Path, *, allow_grey: bool = False) -> np.ndarray:
+def read_image(
+    path: str | Path,
+    *,
+    allow_grey: bool = False,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
+) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB (EXIF orientation applied), or raise ``InputError``.
 
     Palette images without transparency are converted to RGB; 16-bit, alpha and (unless
-    ``allow_grey``) greyscale images are refused with a message naming the mode.
+    ``allow_grey``) greyscale images are refused with a message naming the mode. The size limits
+    (``check_image_size``) are checked from the header, before a pixel is decoded.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -101,7 +165,18 @@ def read_image(path: str | Path, *, allow_grey: bool = False) -> np.ndarray:
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an image file")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # PIL warns above 89 Mpx: the limits below say it in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img_file = Image.open(path)
+        with img_file as img:
+            width, height = img.size
+            check_image_size(
+                width,
+                height,
+                max_image_pixels=max_image_pixels,
+                max_aspect_ratio=max_aspect_ratio,
+                what=str(path),
+            )
             img.load()
             img = ImageOps.exif_transpose(img)
             mode = img.mode
@@ -129,6 +204,11 @@ def read_image(path: str | Path, *, allow_grey: bool = False) -> np.ndarray:
             array = np.asarray(img, dtype=np.uint8)
     except UnidentifiedImageError as err:
         raise InputError(f"{path}: cannot decode as an image (is it a PNG/JPEG file?)") from err
+    except Image.DecompressionBombError as err:  # PIL refuses over 2 x Image.MAX_IMAGE_PIXELS (179 Mpx)
+        raise InputError(
+            f"{path}: too large to decode ({str(err).rstrip('.')}); the limit is {max_image_pixels} px "
+            "(max_image_pixels, CLI: --max-image-pixels): downscale it"
+        ) from err
     except (OSError, SyntaxError, ValueError) as err:
         raise InputError(f"{path}: cannot read the image ({err})") from err
-    return check_image(array)
+    return check_image(array, max_image_pixels=max_image_pixels, max_aspect_ratio=max_aspect_ratio)

@@ -13,6 +13,12 @@
   default threshold 0.0: always found).
 - ``text``: the backbone writes the point (seed 000 Fig. 5 prompts, ``text_pointing``).
   ``score`` = 1.0 if a point was parsed and lies in the image, else 0.0 (and x, y are NaN).
+
+Several parts of one frame: ``point_many(image, queries)``. For a2p and attention the image is
+processed and prefilled once (``backbones/prefix.py``) and only each query's suffix runs, all in
+one forward (``batch_queries``); the a2p head then runs once over the batch. With ``reuse_prefix``
+the latest frame's prefix is also kept (``frame_cache.py``), so a later ``point`` on the same pixels
+skips the image. Both give the points of the uncached path (tests: equal Q/K/V to 1e-5, same points).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from part_point_ros.backbones.base import BackboneAdapter, BackboneInfo
+from part_point_ros.backbones.base import BackboneAdapter, BackboneInfo, Capture
 from part_point_ros.errors import CheckpointError, HeadMismatchError, InputError
 from part_point_ros.grounding.attention_pointing import (
     attention_heatmap,
@@ -35,7 +41,16 @@ from part_point_ros.grounding.attention_pointing import (
     clamp_to_image,
     peak_share,
 )
-from part_point_ros.grounding.inputs import MAX_QUERY_CHARS, check_image, check_query, reserved_tokens
+from part_point_ros.grounding.frame_cache import LatestFrame
+from part_point_ros.grounding.inputs import (
+    MAX_ASPECT_RATIO,
+    MAX_IMAGE_PIXELS,
+    MAX_QUERY_CHARS,
+    check_image,
+    check_limits,
+    check_query,
+    reserved_tokens,
+)
 from part_point_ros.grounding.localization_heads import HeadsFile, known_heads_name, load_heads
 from part_point_ros.grounding.peaks import Peak, argmax_peak, nms_peaks, refine_peak
 from part_point_ros.grounding.result import PointResult
@@ -52,7 +67,24 @@ def _load_backbone(name: str, **kwargs: Any) -> BackboneAdapter:
     return load_backbone(name, **kwargs)
 
 
-def _load_head(head: str | Path, device: str) -> Any:
+def head_backbone(name: str, head_dir: Path) -> str:
+    """The backbone a head's config.json names, as ``load_backbone`` should get it.
+
+    Training writes a local backbone as given, relative to the working directory of the run
+    (``models/tiny-tabletop-llava``); so a relative name is tried from the working directory, then
+    from the head directory, then as a sibling of the head directory (``models/`` in the checkout
+    and in the installed ``share/part_point_ros/models``). Anything else is a hub id.
+    """
+    path = Path(name).expanduser()
+    if path.is_absolute() or (path / "config.json").is_file():
+        return str(path)
+    for candidate in (head_dir / path, head_dir.parent / path.name):
+        if (candidate / "config.json").is_file():
+            return str(candidate)
+    return name
+
+
+def _load_head(head: str | Path, device: str) -> tuple[Any, Path]:
     from part_point_ros.heads import PartPointHead
 
     path = Path(head)
@@ -63,7 +95,7 @@ def _load_head(head: str | Path, device: str) -> Any:
             path = Path(snapshot_download(str(head), allow_patterns=["config.json", "model.safetensors"]))
         except Exception as err:  # noqa: BLE001 - any hub failure is "head not found" to the user
             raise CheckpointError(f"head {head!r}: not a local directory and not fetchable ({err})") from err
-    return PartPointHead.from_pretrained(path, device=device)
+    return PartPointHead.from_pretrained(path, device=device), path
 
 
 def _resolve_heads(heads: Any, backbone_name: str) -> tuple[list[HeadRef], HeadsFile | None]:
@@ -73,7 +105,8 @@ def _resolve_heads(heads: Any, backbone_name: str) -> tuple[list[HeadRef], Heads
         if name is None:
             raise CheckpointError(
                 f"no known localization heads for backbone {backbone_name!r}: run `part-point select-heads` "
-                "and pass the file (heads=... / --heads FILE)"
+                "and pass the file (`--heads FILE`, the `heads_file` parameter of part_point_node, "
+                "heads=... in Python)"
             )
         hf = load_heads(name)
         return hf.top(), hf
@@ -207,19 +240,32 @@ class PartPointer:
         prompt_mode: str = "auto",
         allow_grey: bool = False,
         max_query_chars: int = MAX_QUERY_CHARS,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        max_aspect_ratio: float = MAX_ASPECT_RATIO,
+        reuse_prefix: bool = True,
+        batch_queries: bool = True,
     ) -> None:
         """Use ``from_pretrained`` unless you already hold a backbone adapter (and head).
 
         ``subpixel``: LENS refinement of the peak; default on for a2p, off for attention (Kang et al.
         point at the argmax patch's centre). ``max_points`` / ``nms_radius`` (heatmap pixels) /
         ``points_rel_threshold`` (fraction of the peak value) shape ``PointResult.points``.
+        ``max_image_pixels`` / ``max_aspect_ratio`` (long side / short side): larger images are
+        refused with an ``InputError`` before they reach the processor (``inputs.check_image_size``).
+        ``reuse_prefix`` (a2p, attention): prefill each frame's image once and keep the latest frame's
+        prefix for later calls on the same pixels; False: every query runs its whole prompt.
+        ``batch_queries``: ``point_many`` runs the queries' suffixes (and the a2p head) in one forward
+        (right-padded; faster on the CPU, ``part-point bench``); False: one forward per query.
         """
         if method not in METHODS:
             raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
         if method == "a2p" and head is None:
             raise CheckpointError("method 'a2p' needs a trained head (head=DIR / --head DIR)")
         if method == "attention" and not heads:
-            raise CheckpointError("method 'attention' needs localization heads (heads=... / --heads FILE)")
+            raise CheckpointError(
+                "method 'attention' needs localization heads (`--heads FILE`, the `heads_file` parameter of "
+                "part_point_node, heads=... in Python)"
+            )
         self.backbone = backbone
         self.method = method
         self.head = head
@@ -233,7 +279,11 @@ class PartPointer:
         self.prompt_mode = prompt_mode
         self.allow_grey = allow_grey
         self.max_query_chars = max_query_chars
+        self.max_image_pixels, self.max_aspect_ratio = check_limits(max_image_pixels, max_aspect_ratio)
         self.reserved_tokens = reserved_tokens(getattr(backbone, "processor", None))  # never in a query
+        self.reuse_prefix = reuse_prefix
+        self.batch_queries = batch_queries
+        self.frame = LatestFrame()  # the latest frame's image prefix (reuse_prefix); .clear() frees it
         if head is not None:
             self._check_head(head)
         elif self.heads:
@@ -264,6 +314,7 @@ class PartPointer:
         heads: Any = None,
         k: int = 5,
         attn_implementation: str = "sdpa",
+        allow_pickle: bool = False,
         **options: Any,
     ) -> PartPointer:
         """Load the backbone (hub id or directory) and, for ``a2p``, the head directory.
@@ -272,17 +323,27 @@ class PartPointer:
         only up to the head's deepest layer. ``attention``: ``heads`` is a heads file, a shipped
         name, or a list of (layer, head); default: the shipped heads for a known backbone; the top
         ``k`` are used. ``text``: the whole backbone is loaded. ``options`` go to ``__init__``.
+        Backbone weights are read from safetensors only; ``allow_pickle=True`` also accepts pickled
+        ``pytorch_model.bin`` files, which is UNSAFE: unpickling can run code from the file.
         """
         if method not in METHODS:
             raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-        load = {"device": device, "dtype": dtype, "attn_implementation": attn_implementation}
+        from part_point_ros.backbones.registry import check_device
+
+        check_device(device)  # one line for cuda on a machine without it, before anything loads
+        load = {
+            "device": device,
+            "dtype": dtype,
+            "attn_implementation": attn_implementation,
+            "allow_pickle": allow_pickle,
+        }
         head_module = None
         head_refs: list[HeadRef] | None = None
         if method == "a2p":
             if head is None:
                 raise CheckpointError("method 'a2p' needs a trained head directory (head=DIR / --head DIR)")
-            head_module = _load_head(head, device)
-            backbone = backbone or head_module.config.backbone["name"]
+            head_module, head_dir = _load_head(head, device)
+            backbone = backbone or head_backbone(str(head_module.config.backbone["name"]), head_dir)
             load["max_layer"] = max(layer for layer, _ in head_module.config.heads)
         elif backbone is None:
             raise InputError(f"method {method!r} needs a backbone (hub id or directory)")
@@ -307,42 +368,94 @@ class PartPointer:
     # ------------------------------------------------------------------------------ inference
     def point(self, image: np.ndarray, query: str) -> PointResult:
         """Point at ``query`` in ``image`` ((H, W, 3) uint8 RGB); x, y in ORIGINAL-image pixels."""
-        image = check_image(image, allow_grey=self.allow_grey)
-        query = check_query(query, max_chars=self.max_query_chars, reserved=self.reserved_tokens)
+        return self.point_many(image, [query])[0]
+
+    def point_many(self, image: np.ndarray, queries: Sequence[str]) -> list[PointResult]:
+        """``point(image, query)`` for each of ``queries`` on one frame: the same results, in order.
+
+        a2p / attention: the image is prefilled once and the queries' suffixes run together (see the
+        module docstring). text: one generation per query (a loop: each answer is generated on its
+        own). Every result's ``latency_ms`` is the wall time of the whole call.
+        """
+        image = check_image(
+            image,
+            allow_grey=self.allow_grey,
+            max_image_pixels=self.max_image_pixels,
+            max_aspect_ratio=self.max_aspect_ratio,
+        )
+        if isinstance(queries, str):
+            raise InputError("point_many takes a list of queries; use point() for one query")
+        queries = [
+            check_query(query, max_chars=self.max_query_chars, reserved=self.reserved_tokens)
+            for query in queries
+        ]
+        if not queries:
+            raise InputError("point_many needs at least one query")
         self._sync()
         start = time.perf_counter()
         with torch.inference_mode():
-            if self.method == "a2p":
-                result = self._point_a2p(image, query)
-            elif self.method == "attention":
-                result = self._point_attention(image, query)
+            if self.method == "text":
+                results = [self._point_text(image, query) for query in queries]
+            elif self.method == "a2p":
+                results = self._point_a2p(self._captures(image, queries), queries)
             else:
-                result = self._point_text(image, query)
+                captures = self._captures(image, queries)
+                results = [self._point_attention(c, q) for c, q in zip(captures, queries, strict=True)]
         self._sync()
-        result.latency_ms = (time.perf_counter() - start) * 1000.0
-        result.found = bool(result.score >= self.threshold) and math.isfinite(result.x)
-        return result
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        for result in results:
+            result.latency_ms = latency_ms
+            result.found = bool(result.score >= self.threshold) and math.isfinite(result.x)
+        return results
 
     def _sync(self) -> None:
         if self.backbone.device.type == "cuda":
             torch.cuda.synchronize(self.backbone.device)
 
-    def _point_a2p(self, image: np.ndarray, query: str) -> PointResult:
-        capture = self.backbone.capture(image, query, self.heads, truncate=True)
-        head_device = next(self.head.parameters()).device
-        capture = capture.to(head_device)
-        grid = capture.grid
-        queries = capture.queries.unsqueeze(0)  # (k, L, d) -> (1, k, L, d)
-        mask = torch.ones(
-            queries.shape[:1] + queries.shape[2:3], dtype=torch.bool, device=head_device
-        )  # (1, L)
-        keys = capture.image_keys.unsqueeze(0)  # (k, P, d) -> (1, k, P, d)
-        values = capture.image_values.unsqueeze(0)  # (k, P, d) -> (1, k, P, d)
-        out = self.head(queries, mask, keys, values, (grid.rows, grid.cols))
+    def _captures(self, image: np.ndarray, queries: Sequence[str]) -> list[Capture]:
+        """Truncated captures of the pointer's heads, one per query (``reuse_prefix``: see the module)."""
+        if not self.reuse_prefix:
+            return [self.backbone.capture(image, query, self.heads, truncate=True) for query in queries]
+        prefix = self.frame.find(image)
+        if prefix is not None:
+            return self.backbone.capture_after_prefix(prefix, queries, self.heads, batch=self.batch_queries)
+        captures, prefix = self.backbone.capture_many(image, queries, self.heads, batch=self.batch_queries)
+        self.frame.keep(image, prefix)
+        return captures
+
+    def _point_a2p(self, captures: Sequence[Capture], queries: Sequence[str]) -> list[PointResult]:
+        """The head over the captures (one forward, or one per query without ``batch_queries``), decoded."""
+        groups = [list(range(len(captures)))] if self.batch_queries else [[i] for i in range(len(captures))]
+        results: list[PointResult] = []
+        for group in groups:
+            out = self._run_head([captures[i] for i in group])
+            results += [
+                self._a2p_result(out.heatmap[b], out.attn_logits[b], captures[i].grid, queries[i])
+                for b, i in enumerate(group)
+            ]
+        return results
+
+    def _run_head(self, captures: Sequence[Capture]) -> Any:
+        """One head forward over captures of one frame; their query rows right-padded and masked."""
+        device = next(self.head.parameters()).device
+        captures = [c.to(device) for c in captures]
+        rows = [c.queries.transpose(0, 1) for c in captures]  # (k, L_b, d) -> (L_b, k, d)
+        padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # B x (L_b, k, d) -> (B, L, k, d)
+        queries = padded.permute(0, 2, 1, 3)  # (B, L, k, d) -> (B, k, L, d)
+        lengths = torch.tensor([r.shape[0] for r in rows], device=device)
+        mask = torch.arange(queries.shape[2], device=device)[None] < lengths[:, None]  # (B, L)
+        keys = torch.stack([c.image_keys for c in captures])  # B x (k, P, d) -> (B, k, P, d)
+        values = torch.stack([c.image_values for c in captures])  # B x (k, P, d) -> (B, k, P, d)
+        grid = captures[0].grid
+        return self.head(queries, mask, keys, values, (grid.rows, grid.cols))
+
+    def _a2p_result(
+        self, heatmap: torch.Tensor, attn_logits: torch.Tensor, grid: ImageGrid, query: str
+    ) -> PointResult:
         upscale = self.head.config.upscale
         prob, points = decode_a2p(
-            out.heatmap[0],  # (s·rows, s·cols)
-            out.attn_logits[0],  # (k, P)
+            heatmap,  # (s·rows, s·cols)
+            attn_logits,  # (k, P)
             grid,
             upscale,
             subpixel=self.subpixel,
@@ -356,8 +469,7 @@ class PartPointer:
             heatmap=prob, grid=grid, upscale=upscale, points=points,
         )  # fmt: skip
 
-    def _point_attention(self, image: np.ndarray, query: str) -> PointResult:
-        capture = self.backbone.capture(image, query, self.heads, truncate=True)
+    def _point_attention(self, capture: Capture, query: str) -> PointResult:
         grid = capture.grid
         heatmap = attention_heatmap(capture)
         peaks = find_peaks(

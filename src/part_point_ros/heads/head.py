@@ -154,7 +154,11 @@ class PartPointHead(nn.Module):
         try:
             tensors = load_file(str(weights_path), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{weights_path}: not a readable safetensors file ({err})") from err
+            reason = " ".join(str(err).split())
+            raise CheckpointError(
+                f"{weights_path}: not a readable safetensors file ({reason}): it is truncated or of another "
+                "format; copy it again, or re-save the head with save_pretrained"
+            ) from err
         expected = head.state_dict()
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))

@@ -8,7 +8,8 @@ flags mirror the launch arguments (params.graph_overrides is the one table for b
 With the synthetic camera, part_point_node and depth_fusion_node both follow the camera's latched
 extrinsics topic (tf2 is not on PyPI), so a scene switch moves the grasp poses of both.
 
-    part-point-ros --head models/synthetic-head --sim-camera --seed 3
+    part-point-ros --sim-camera --seed 3        # the shipped synthetic-world models (models/)
+    part-point-ros --head /path/to/head --sim-camera --seed 3
     part-point-ros --params-file my.yaml --camera-namespace /camera --target-frame base_link
 """
 
@@ -27,7 +28,13 @@ from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.parameter import Parameter
 
-from part_point_ros.ros.params import default_config_path, graph_overrides, load_node_parameters
+from part_point_ros.ros.params import (
+    check_params_file,
+    default_config_path,
+    graph_overrides,
+    load_node_parameters,
+    sim_world_models,
+)
 from part_point_ros.ros.spin import USER_ERRORS, error_line, ros_context
 
 
@@ -45,8 +52,11 @@ class BringupOptions:
 
 def node_parameters(options: BringupOptions, node_name: str, extra: dict[str, Any] | None = None) -> list:
     """The node's section of the params file, then the flags' overrides, then ``extra``."""
-    by_name = {p.name: p for p in load_node_parameters(options.params_file, node_name)}
-    for name, value in {**graph_overrides(options.arguments)[node_name], **(extra or {})}.items():
+    by_name = {p.name: p for p in load_node_parameters(check_params_file(options.params_file), node_name)}
+    overrides = graph_overrides(options.arguments)[node_name]
+    if node_name == "part_point_node" and options.use_sim_camera:
+        overrides = {**sim_world_models(options.params_file, options.arguments), **overrides}
+    for name, value in {**overrides, **(extra or {})}.items():
         by_name[name] = Parameter(name, value=value)
     return list(by_name.values())
 
@@ -145,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("a2p", "attention", "text"), help="pointing method")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="model dtype")
+    p.add_argument(
+        "--heads-file", help="attention: localization heads file (default: shipped for the backbone)"
+    )
+    p.add_argument("--score-threshold", type=float, help="answer threshold; -1 = the method's default")
     p.add_argument("--camera-namespace", help="camera namespace of the RealSense-style topics, e.g. /camera")
     p.add_argument("--color-topic", help="colour image topic (over the namespace)")
     p.add_argument("--camera-info-topic", help="colour camera_info topic (over the namespace)")
@@ -168,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_options(argv: Sequence[str]) -> BringupOptions:
     """CLI flags -> BringupOptions (argparse exits with a usage line on a bad flag)."""
     ns = build_parser().parse_args(list(argv))
-    keys = ("backbone", "head", "method", "device", "dtype", "camera_namespace", "color_topic")
+    keys = ("backbone", "head", "method", "device", "dtype", "heads_file", "score_threshold")
+    keys += ("camera_namespace", "color_topic")
     keys += ("camera_info_topic", "depth_topic", "target_frame", "seed")
     return BringupOptions(
         params_file=ns.params_file or default_config_path(),

@@ -22,7 +22,7 @@ from rclpy.parameter import Parameter, parameter_dict_from_yaml_file
 
 from part_point_ros.errors import InputError
 from part_point_ros.geometry.calib import read_yaml_mapping
-from part_point_ros.grounding.inputs import MAX_QUERY_CHARS
+from part_point_ros.grounding.inputs import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, MAX_QUERY_CHARS
 
 PACKAGE = "part_point_ros"
 CONFIG_NAME = "part_point.yaml"
@@ -93,6 +93,21 @@ PART_POINT_PARAMS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec(
         "max_query_chars", MAX_QUERY_CHARS, "longest query accepted", ints=(1, 100000), configure_time=True
+    ),
+    ParamSpec(
+        "max_image_pixels",
+        MAX_IMAGE_PIXELS,
+        "largest image accepted, width x height pixels (default 4096x2160); larger ones are refused",
+        ints=(4, 2**31 - 1),
+        configure_time=True,
+    ),
+    ParamSpec(
+        "max_aspect_ratio",
+        MAX_ASPECT_RATIO,
+        "largest long side / short side of an image accepted (a pad-to-square backbone such as LLaVA "
+        "pays for a max(W, H)^2 canvas); others are refused",
+        floats=(1.0, 10000.0),
+        configure_time=True,
     ),
     ParamSpec(
         "queue_size", 2, "requests waiting for inference before 'busy'", ints=(1, 64), configure_time=True
@@ -277,7 +292,13 @@ def camera_topics(namespace: str) -> dict[str, str]:
 
 # launch arguments / bringup flags -> the parameters they set, per node. One table for both, so that
 # `ros2 launch part_point_ros grasp.launch.py head:=DIR` and `part-point-ros --head DIR` agree.
-MODEL_ARGUMENTS = ("backbone", "head", "method", "device", "dtype")
+MODEL_ARGUMENTS = ("backbone", "head", "method", "device", "dtype", "heads_file")
+# the shipped synthetic-world models (models/, installed under share/part_point_ros/models)
+SIM_HEAD, SIM_BACKBONE, SIM_HEADS_FILE = (
+    "tiny-tabletop-a2p",
+    "tiny-tabletop-llava",
+    "tiny-tabletop-heads.json",
+)
 TOPIC_ARGUMENTS = {  # launch argument -> (camera_topics key, {node: parameter})
     "color_topic": ("color", {"part_point_node": "image_topic", "sim_camera_node": "color_topic"}),
     "camera_info_topic": (
@@ -312,7 +333,8 @@ NODE_NAMES = ("part_point_node", "depth_fusion_node", "sim_camera_node")
 def graph_overrides(arguments: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Parameter overrides per node from launch arguments / CLI flags; empty or None = keep the file's.
 
-    Keys: backbone, head, method, device, dtype (part_point_node); camera_namespace (every camera
+    Keys: backbone, head, method, device, dtype, heads_file, score_threshold (part_point_node);
+    camera_namespace (every camera
     topic of every node, RealSense layout); color_topic, camera_info_topic, depth_topic (one topic,
     over the namespace); target_frame (part_point_node, depth_fusion_node); seed (sim_camera_node).
     """
@@ -325,6 +347,14 @@ def graph_overrides(arguments: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     for key in MODEL_ARGUMENTS:
         if given(key) is not None:
             out["part_point_node"][key] = str(given(key))
+    if given("score_threshold") is not None:
+        try:
+            out["part_point_node"]["score_threshold"] = float(given("score_threshold"))
+        except (TypeError, ValueError) as err:
+            raise InputError(
+                "score_threshold must be a number (-1 = the method's default), "
+                f"got {given('score_threshold')!r}"
+            ) from err
     namespace = given("camera_namespace")
     topics = camera_topics(str(namespace)) if namespace is not None else {}
     for key, (topic_key, targets) in TOPIC_ARGUMENTS.items():
@@ -340,4 +370,40 @@ def graph_overrides(arguments: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             out["sim_camera_node"]["seed"] = int(given("seed"))
         except (TypeError, ValueError) as err:
             raise InputError(f"seed must be a non-negative integer, got {given('seed')!r}") from err
+    return out
+
+
+def check_params_file(path: str | Path) -> Path:
+    """The parameter file, or one InputError line when it is missing (ROS would only warn and run
+    every node on its defaults)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InputError(
+            f"params_file {str(path)!r} does not exist: give a ROS parameter YAML, or leave it empty for "
+            f"the installed {CONFIG_NAME}"
+        )
+    return p
+
+
+def sim_world_models(params_file: str | Path, arguments: Mapping[str, Any]) -> dict[str, str]:
+    """With the synthetic camera and no model named anywhere (arguments or the params file): the
+    shipped synthetic-world models (``models/``, installed under ``share/part_point_ros/models``) as
+    part_point_node overrides for its method; else nothing. A user's own model always wins."""
+
+    def named(values: Mapping[str, Any], key: str) -> str | None:
+        value = values.get(key)
+        return value.strip() if isinstance(value, str) and value.strip() else None
+
+    in_file = {p.name: p.value for p in load_node_parameters(params_file, "part_point_node")}
+    if any(named(arguments, k) or named(in_file, k) for k in ("backbone", "head")):
+        return {}
+    models = default_config_path().parents[1] / "models"
+    if not (models / SIM_HEAD / "config.json").is_file():
+        return {}
+    method = named(arguments, "method") or named(in_file, "method") or "a2p"
+    if method == "a2p":
+        return {"head": str(models / SIM_HEAD)}
+    out = {"backbone": str(models / SIM_BACKBONE)}
+    if method == "attention" and not (named(arguments, "heads_file") or named(in_file, "heads_file")):
+        out["heads_file"] = str(models / SIM_HEADS_FILE)
     return out

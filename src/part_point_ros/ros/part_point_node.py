@@ -6,8 +6,14 @@ Lifecycle (rclpy.lifecycle):
               subscription and starts the inference worker
   activate    subscribes to the camera (colour, camera_info, aligned depth) and the command topic,
               enables the publishers and the /diagnostics timer
-  deactivate  unsubscribes; the service answers "not active"
-  cleanup     stops the worker (queued requests are answered), frees the model
+  deactivate  unsubscribes; every queued request is answered at once and the running one when its
+              inference ends (success false, "part_point_node is deactivating: ..."); the service
+              answers "not active"
+  cleanup     stops the worker, frees the model; the service stays (answering "not active"): it
+              lives from the first configure to the node's end, so that a cleanup under load loses
+              no request and no answer goes out on a destroyed service (``service_name`` cannot
+              change once it exists)
+  shutdown    as cleanup
 
 Inputs:   image_topic (rgb8/bgr8), camera_info_topic, depth_topic (16UC1 mm / 32FC1 m, aligned to
           colour), command_topic (std_msgs/String: a query on the latest frame), extrinsics_topic
@@ -19,8 +25,8 @@ Service:  /point_part (part_point_ros/srv/PointPart).
 Concurrency: inference runs in ONE worker thread fed by a bounded queue (``queue_size``). The
 service callback is a coroutine in a reentrant callback group: it validates the request, queues a
 job and awaits an rclpy Future that the worker completes, so no executor thread waits on inference
-and a full queue is answered at once with "busy: N requests queued". The service's own QoS keeps
-``queue_size`` + qos.SERVICE_BURST requests, so a burst is answered (busy) rather than dropped by DDS.
+and a full queue is answered at once with "busy: N requests queued". The service's QoS keeps the last
+SERVICE_DEPTH (1000) requests and replies, so a burst is answered (busy) rather than dropped by DDS.
 A query holding a special token of the backbone's prompt (``<image>``, ``</s>``, ...) is refused.
 
 camera_info is validated on receipt (ros.camera_buffer): an invalid one is rejected with one
@@ -68,7 +74,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
 
 from part_point_ros.errors import CheckpointError, InputError
-from part_point_ros.grounding.inputs import check_query
+from part_point_ros.grounding.inputs import check_image_size, check_query
 from part_point_ros.grounding.result import PointResult, draw_overlay
 from part_point_ros.msg import PartPoint, PartPointArray
 from part_point_ros.ros.camera_buffer import (
@@ -89,6 +95,16 @@ NODE_NAME = "part_point_node"
 COLOUR_ENCODINGS = ("rgb8", "bgr8")
 
 _CONFIGURE_TIME = {s.name for s in PART_POINT_PARAMS if s.configure_time}
+# The service's QoS: reliable, keep last SERVICE_DEPTH requests and replies; made once (the service
+# outlives cleanup), for any queue_size. With qos.service_qos(queue_size) (queue_size + 100) the stress
+# tool lost 32 of a 200-request burst: requests DDS replaced before the executor took them (one per
+# pass of its wait set) and replies replaced before the client acknowledged them. KEEP_ALL lost none of
+# a burst, but its reply writer waits for the slowest reader: in a 600 s soak at 30 Hz it timed out
+# ("failed to send response (timeout)", rmw_fastrtps) and the service stopped answering (4623 requests
+# lost). A deep KEEP_LAST loses neither.
+SERVICE_DEPTH = 1000
+_SERVICE_QOS = service_qos(1)
+_SERVICE_QOS.depth = SERVICE_DEPTH
 # Publishers and subscriptions made and destroyed in lifecycle transitions get no QoS event handlers:
 # with rclpy 7 (Jazzy) a MultiThreadedExecutor thread that builds its wait set while another thread
 # destroys an entity's event handler dies with InvalidHandle. Little is lost: the camera subscriptions
@@ -109,6 +125,7 @@ class _Job:
     header: Header  # stamp + optical frame of the image
     target_frame: str
     future: Future | None  # None for commands from the topic
+    epoch: int = 0  # the node's activation it was queued in: a deactivation since answers it at once
 
 
 @dataclass
@@ -148,6 +165,9 @@ class PartPointNode(LifecycleNode):
         self._queue_lock = threading.Lock()  # jobs are queued, or the queue closed, one at a time
         self._worker: threading.Thread | None = None
         self._in_flight = 0
+        self._epoch = 0  # +1 at every deactivation (under _queue_lock): older jobs are answered why
+        self._stopped_why = ""  # the answer of those jobs
+        self._finalized = False
         self.camera = CameraBuffer(depth_size=1)
         self._tf_listener = None
         self._pubs: dict[str, Any] = {}
@@ -162,13 +182,19 @@ class PartPointNode(LifecycleNode):
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         reason = check_changes(PART_POINT_PARAMS, params)
+        changed = [p.name for p in params if self.has_parameter(p.name) and p.value != self._p(p.name)]
         if not reason and self._configured:
-            late = [p.name for p in params if p.name in _CONFIGURE_TIME and p.value != self._p(p.name)]
+            late = [name for name in changed if name in _CONFIGURE_TIME]
             if late:
                 names = ", ".join(late)
                 reason = (
                     f"{names} is read on configure: deactivate and clean up, set it, then configure again"
                 )
+        if not reason and self._service is not None and "service_name" in changed:
+            reason = (
+                f"service_name cannot change once {self._service.service_name} exists: the service lives as "
+                "long as the node (a cleanup loses no request); start a node with the name you want"
+            )
         if not reason:
             new = {p.name: p.value for p in params}
             try:
@@ -216,13 +242,14 @@ class PartPointNode(LifecycleNode):
             "overlay": publisher(Image, self._p("overlay_topic"), latched_qos()),
             "diagnostics": publisher(DiagnosticArray, "/diagnostics", results_qos()),
         }
-        self._service = self.create_service(
-            PointPart,
-            self._p("service_name"),
-            self._on_point_part,
-            qos_profile=service_qos(self._p("queue_size")),
-            callback_group=ReentrantCallbackGroup(),
-        )
+        if self._service is None:  # kept by cleanup: see the module docstring
+            self._service = self.create_service(
+                PointPart,
+                self._p("service_name"),
+                self._on_point_part,
+                qos_profile=_SERVICE_QOS,
+                callback_group=ReentrantCallbackGroup(),
+            )
         if self._p("extrinsics_topic"):
             self._extrinsics_sub = self.create_subscription(
                 TransformStamped,
@@ -273,26 +300,28 @@ class PartPointNode(LifecycleNode):
             ),
         ]
         self._diag_timer = self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)
-        self._active = True
+        with self._queue_lock:
+            self._active = True
         self.get_logger().info(
             f"active: listening to {self._p('image_topic')} and {self._p('command_topic')}"
         )
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_inputs()
+        self._stop_inputs("part_point_node is deactivating: try again when it is active")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown("part_point_node is cleaning up")
+        self._teardown("part_point_node is cleaning up: configure and activate it, then try again")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._finalized = True
         self._teardown("part_point_node is shutting down")
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown("part_point_node hit an error")
+        self._teardown("part_point_node hit an error: configure and activate it, then try again")
         return TransitionCallbackReturn.SUCCESS
 
     def configure_and_activate(self) -> bool:
@@ -330,12 +359,27 @@ class PartPointNode(LifecycleNode):
             dtype=self._p("dtype"),
             heads=self._p("heads_file") or None,
             max_query_chars=self._p("max_query_chars"),
+            max_image_pixels=self._p("max_image_pixels"),
+            max_aspect_ratio=self._p("max_aspect_ratio"),
         )
         pointer.threshold = self._threshold(method)
         return pointer
 
-    def _stop_inputs(self) -> None:
-        self._active = False
+    def _stop_inputs(self, why: str) -> None:
+        """Stop taking requests and answer the queued ones (``why``); the running one is answered
+        ``why`` when its inference ends. Subscriptions and the timer go (the service stays)."""
+        with self._queue_lock:  # no job is queued after this until the next activation
+            self._active = False
+            self._epoch += 1
+            self._stopped_why = why
+            queued = []
+            while self._jobs is not None:
+                try:
+                    queued.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+        for job in filter(None, queued):
+            self._finish(job, _Outcome(False, why, PartPoint(query=job.query)))
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -344,27 +388,23 @@ class PartPointNode(LifecycleNode):
             self._diag_timer = None
 
     def _teardown(self, why: str) -> None:
-        self._stop_inputs()
-        with self._queue_lock:  # no job is queued after this
+        """Answer every queued and running request (``why``), stop the worker, free the model.
+
+        The service is NOT destroyed: the executor may still hold answers to send on it (their
+        futures completed here or by the worker, the coroutines not yet resumed), and DDS may hold
+        requests not yet taken; both would be lost, and the first raise InvalidHandle in the
+        executor. It answers "not active" until the next configure."""
+        self._stop_inputs(why)
+        with self._queue_lock:
             jobs, self._jobs = self._jobs, None
-        if jobs is not None:  # answer what is still queued, then stop the worker
-            while True:
-                try:
-                    job = jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is not None:
-                    self._finish(job, _Outcome(False, f"{why}: request dropped", PartPoint(query=job.query)))
-            jobs.put(None)
+        if jobs is not None:
+            jobs.put(None)  # empty (_stop_inputs drained it, nothing is queued since): stops the worker
         if self._worker is not None:
-            self._worker.join()
+            self._worker.join()  # its running job, if any, ends and is answered ``why``
             self._worker = None
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
-        if self._service is not None:
-            self.destroy_service(self._service)
-            self._service = None
         if self._extrinsics_sub is not None:
             self.destroy_subscription(self._extrinsics_sub)
             self._extrinsics_sub = None
@@ -429,14 +469,20 @@ class PartPointNode(LifecycleNode):
         """Validate a request (cheap checks, on the executor thread) and build its job."""
         pointer = self._pointer
         if not self._active or pointer is None:
-            state = "inactive" if self._configured else "unconfigured"
-            raise _Refused(f"part_point_node is not active ({state}): configure and activate it first")
+            raise self._not_active()
         text = check_query(query, max_chars=pointer.max_query_chars, reserved=pointer.reserved_tokens)
         if method and method != pointer.method:
             raise _Refused(
                 f"method {method!r} is not loaded: this node serves {pointer.method!r} (parameter method)"
             )
         if image is not None and image.width > 0 and image.height > 0:
+            check_image_size(  # before a copy is made, and on this thread: never queued
+                image.width,
+                image.height,
+                max_image_pixels=pointer.max_image_pixels,
+                max_aspect_ratio=pointer.max_aspect_ratio,
+                what="the request's image",
+            )
             rgb, header = _rgb(image, "the request's image"), image.header
             if not header.frame_id:
                 camera = self.camera.camera
@@ -465,13 +511,18 @@ class PartPointNode(LifecycleNode):
             )
         return _rgb(msg, f"the image on {topic}"), msg.header
 
+    def _not_active(self) -> _Refused:
+        if self._finalized:
+            return _Refused("part_point_node is not active (finalized): start the node again")
+        state = "inactive" if self._configured else "unconfigured"
+        return _Refused(f"part_point_node is not active ({state}): configure and activate it first")
+
     def _enqueue(self, job: _Job) -> None:
-        with self._queue_lock:
+        with self._queue_lock:  # a deactivation either sees this job in the queue, or refuses it here
             jobs = self._jobs
-            if jobs is None:
-                raise _Refused(
-                    "part_point_node is not configured (its worker is stopped): configure it first"
-                )
+            if jobs is None or not self._active:
+                raise self._not_active()
+            job.epoch = self._epoch
             try:
                 jobs.put_nowait(job)
             except queue.Full:
@@ -499,11 +550,14 @@ class PartPointNode(LifecycleNode):
             self._in_flight = 1
             try:
                 with self.model_lock:
-                    outcome = self._serve(job)
+                    outcome = None if job.epoch != self._epoch else self._serve(job)
             except Exception as err:  # noqa: BLE001 - the worker must answer every job and live on
                 outcome = _Outcome(False, f"internal error: {_one_line(err)}", PartPoint(query=job.query))
                 self.get_logger().error(outcome.message)
             self._in_flight = 0
+            if job.epoch != self._epoch:  # deactivated while it waited or ran
+                point = outcome.point if outcome is not None else PartPoint(query=job.query)
+                outcome = _Outcome(False, self._stopped_why, point)
             self._finish(job, outcome)
 
     def _finish(self, job: _Job, outcome: _Outcome) -> None:
