@@ -120,3 +120,29 @@ def test_point_many_with_text_pointing_is_a_loop_of_point(tiny_llava_dir, frames
 def test_point_many_refuses_bad_queries(backbone, frames, queries, message):
     with pytest.raises(InputError, match=message):
         make_pointer(backbone, "attention").point_many(frames[0], queries)
+
+
+def test_many_queries_run_max_batch_at_a_time_with_the_same_points(backbone, frames, monkeypatch):
+    """Each batched row holds its own copy of the prefix's KV cache: a long list of queries runs in
+    chunks of ``max_batch``, the first chunk prefilling the frame, the others reusing it."""
+    image = frames[0]
+    queries = list(QUERIES) + [f"the part number {i}" for i in range(3)]  # 7 queries
+    uncached = make_pointer(backbone, "attention", reuse_prefix=False)
+    expected = [uncached.point(image, query) for query in queries]
+    pointer = make_pointer(backbone, "attention", max_batch=3)
+    sizes = {"capture_many": [], "capture_after_prefix": []}
+    for name in sizes:
+        original = getattr(backbone, name)
+
+        def spy(image_or_prefix, batch_queries, *args, name=name, original=original, **kwargs):
+            sizes[name].append(len(batch_queries))
+            return original(image_or_prefix, batch_queries, *args, **kwargs)
+
+        monkeypatch.setattr(backbone, name, spy)
+    results = pointer.point_many(image, queries)
+    # capture_many prefills with the chunk's first query and runs the other 2 as suffixes itself
+    assert sizes == {"capture_many": [3], "capture_after_prefix": [2, 3, 1]}
+    for got, want in zip(results, expected, strict=True):
+        assert_same_points(got, want)
+    with pytest.raises(InputError, match="max_batch must be an integer >= 1"):
+        make_pointer(backbone, "attention", max_batch=0)
