@@ -164,6 +164,15 @@ def isolate_dds() -> dict[str, str | None]:
     return old
 
 
+def restore_env(old: dict[str, str | None]) -> None:
+    """Put back the variables ``isolate_dds`` returned (None: was unset)."""
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session", name="ros")
 def ros_fixture() -> Iterator[RosHarness]:
     """One isolated rclpy context per test session, spinning in a background thread."""
@@ -173,11 +182,7 @@ def ros_fixture() -> Iterator[RosHarness]:
         yield harness
     finally:
         harness.shutdown()
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_env(old)
     assert not harness.spin_error, f"the test executor thread stopped:\n{harness.spin_error}"
 
 

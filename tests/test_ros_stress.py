@@ -4,7 +4,6 @@ tiny-tabletop models and the synthetic camera, in a subprocess, in a DDS domain 
 from __future__ import annotations
 
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import yaml
 pytest.importorskip("rclpy", reason="rclpy is not importable: run scripts/setup.sh (ROS 2 wheels) first")
 
 from part_point_ros.srv import PointPart  # noqa: E402
-from ros_helpers import isolate_dds  # noqa: E402
+from ros_helpers import isolate_dds, restore_env  # noqa: E402
 
 from part_point_ros.ros import stress  # noqa: E402
 from part_point_ros.ros.stress_inputs import bad_answer  # noqa: E402
@@ -54,11 +53,7 @@ def graph(tmp_path_factory):
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_env(old)
 
 
 @pytest.mark.ros
