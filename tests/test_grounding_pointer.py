@@ -187,6 +187,18 @@ def test_image_limits_are_options(tiny_llava_dir, llava_head):
         PartPointer(backbone=pointer.backbone, head=pointer.head, max_image_pixels=0)
 
 
+def test_evaluation_scores_data_set_images_over_the_request_limits(tiny_llava_dir, llava_head):
+    """A benchmark's large photo is scored, not refused: the request limits guard a robot's pointer."""
+    from part_point_ros.training.evaluate import DATASET_IMAGE_LIMITS
+
+    wide = np.zeros((200, 2000, 3), np.uint8)  # 10:1, over the default 8:1
+    default = PartPointer.from_pretrained(backbone=str(tiny_llava_dir), head=str(llava_head))
+    with pytest.raises(InputError, match="over the limit of 8:1"):
+        default.point(wide, QUERY)
+    evaluation = PartPointer(backbone=default.backbone, head=default.head, **DATASET_IMAGE_LIMITS)
+    assert evaluation.point(wide, QUERY).grid.orig_size == (2000, 200)
+
+
 def test_grey_is_converted_only_when_allowed(llava_a2p):
     grey = np.full((40, 50), 128, np.uint8)
     llava_a2p.allow_grey = True

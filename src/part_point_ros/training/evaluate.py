@@ -26,6 +26,9 @@ from part_point_ros.training.metrics import PredictionRecord, score_prediction, 
 from part_point_ros.training.report import write_report
 
 A2P_THRESHOLD = 0.5  # found = patch probability under the peak >= 0.5 (as PartPointer's a2p)
+# Data-set images are the user's own local files, scored as they are: the request-size limits that
+# guard a robot's pointer (inputs.MAX_IMAGE_PIXELS, 8:1) would drop large photos from a benchmark.
+DATASET_IMAGE_LIMITS = {"max_image_pixels": 1 << 40, "max_aspect_ratio": 1e6}
 
 
 def predict_with_pointer(
@@ -168,14 +171,25 @@ def run_evaluation(
             samples = _eval_samples(config, max_samples)
         if method == "a2p":
             pointer = PartPointer.from_pretrained(
-                backbone=config.backbone or None, head=str(head_dir), method="a2p", device=device, dtype=dtype
+                backbone=config.backbone or None,
+                head=str(head_dir),
+                method="a2p",
+                device=device,
+                dtype=dtype,
+                **DATASET_IMAGE_LIMITS,
             )
         else:
             if not config.backbone:
                 raise ConfigError(f"method {method} needs backbone: set it in the config or with --backbone")
             heads = config.head_refs() if config.heads else None
             pointer = PartPointer.from_pretrained(
-                backbone=config.backbone, method=method, device=device, dtype=dtype, heads=heads, k=config.k
+                backbone=config.backbone,
+                method=method,
+                device=device,
+                dtype=dtype,
+                heads=heads,
+                k=config.k,
+                **DATASET_IMAGE_LIMITS,
             )
         backbone_name = backbone_name or pointer.backbone.info.name
         records += predict_with_pointer(pointer, samples)
