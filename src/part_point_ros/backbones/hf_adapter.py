@@ -119,6 +119,7 @@ class HFAdapter(BackboneAdapter):
         self.processor = processor
         self.info = info
         self._lock = threading.Lock()  # one capture at a time: the decoder config is switched during it
+        self._probe_prefix: dict[int, torch.Tensor | None] = {}  # image tokens -> the template's prefix ids
 
     # ----- what a family provides -----------------------------------------------------------------
 
@@ -324,9 +325,14 @@ class HFAdapter(BackboneAdapter):
                 stacklevel=4,
             )
             return None
-        probes = [self.prompt_ids(probe, n_image) for probe in PROBES]
-        length = image_prefix_length(*probes, self.image_token_id)
-        return length if length is not None and torch.equal(ids[:length], probes[0][:length]) else None
+        if n_image not in self._probe_prefix:  # the template's, the same for every frame of this size
+            probes = [self.prompt_ids(probe, n_image) for probe in PROBES]
+            length = image_prefix_length(*probes, self.image_token_id)
+            self._probe_prefix[n_image] = None if length is None else probes[0][:length]
+        prefix = self._probe_prefix[n_image]
+        if prefix is None or not torch.equal(ids[: prefix.shape[0]], prefix):
+            return None
+        return int(prefix.shape[0])
 
     def capture_and_prefix(
         self, image: np.ndarray, instruction: str, heads: Sequence[HeadRef]
