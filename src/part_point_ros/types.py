@@ -6,7 +6,7 @@ them without importing each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,6 +54,13 @@ class ImageGrid:
     processed_size: tuple[int, int]  # (width, height) of what the vision encoder sees
     scale: tuple[float, float]  # (sx, sy)
     offset: tuple[float, float]  # (ox, oy)
+    # Multi-crop layouts (LLaVA-NeXT / OneVision tiles, InternVL tiles + thumbnail, Idefics3 splits):
+    # the grid above is the one set of tokens the methods read (``source`` says which and why); the
+    # prompt holds more image tokens. ``token_boxes``: (N, 4) float (x0, y0, x1, y1) in ORIGINAL
+    # pixels of every image token of the prompt, in sequence order; a NaN row for a token that sees
+    # no pixel (row / column separators, padding only). None: the grid is every image token.
+    token_boxes: np.ndarray | None = field(default=None, compare=False, repr=False)
+    source: str = ""  # e.g. "base image, 24x24 of 5 crops: covers the whole frame once"
 
     @property
     def cell_size(self) -> tuple[float, float]:
@@ -82,6 +89,20 @@ class ImageGrid:
         x1, y1 = self.grid_to_pixel(col + 1, row + 1)
         w, h = self.orig_size
         return max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1)
+
+    def tokens_seeing(self, x: float, y: float) -> np.ndarray:
+        """Indices (into ``token_boxes``, i.e. the prompt's image tokens in order) of the tokens whose
+        box holds original pixel (x, y); without ``token_boxes``, the one grid cell's row-major index."""
+        if self.token_boxes is None:
+            gx, gy = self.pixel_to_grid(x, y)
+            col, row = int(np.floor(gx)), int(np.floor(gy))
+            if not (0 <= row < self.rows and 0 <= col < self.cols):
+                return np.zeros(0, dtype=np.int64)
+            return np.array([row * self.cols + col], dtype=np.int64)
+        b = self.token_boxes
+        with np.errstate(invalid="ignore"):
+            inside = (b[:, 0] <= x) & (x < b[:, 2]) & (b[:, 1] <= y) & (y < b[:, 3])
+        return np.nonzero(inside)[0].astype(np.int64)
 
     def heatmap_to_pixel(self, i: float, j: float, upscale: int) -> tuple[float, float]:
         """Centre of heatmap pixel (row i, col j) of a map ``upscale`` times the grid -> original pixels."""

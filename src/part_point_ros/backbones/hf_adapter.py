@@ -34,7 +34,13 @@ from part_point_ros.types import HeadRef, ImageGrid
 
 # The processor's per-token outputs: made again for each prompt; the other tensors it returns are the image's.
 TOKEN_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
-SUPPORTED_HINT = "supported families: llava (LLaVA-1.5), qwen2_5_vl (Qwen2.5-VL)"
+
+
+def supported_hint() -> str:
+    """``supported model types: ...`` from the registry (imported here: the registry imports this file)."""
+    from part_point_ros.backbones.registry import REGISTRY
+
+    return f"supported model types: {', '.join(sorted(REGISTRY))}"
 
 
 def read_config(name_or_path: str) -> Any:
@@ -47,7 +53,7 @@ def read_config(name_or_path: str) -> Any:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnknownBackboneError(
             f"cannot read backbone {name_or_path!r}: give a hub id or a local directory with a config.json "
-            f"({reason[:160]}); {SUPPORTED_HINT}"
+            f"({reason[:160]}); {supported_hint()}"
         ) from err
 
 
@@ -170,7 +176,7 @@ class HFAdapter(BackboneAdapter):
         if config.model_type not in cls.model_types:
             raise UnknownBackboneError(
                 f"{name_or_path!r} is a {config.model_type!r} model, not one of {list(cls.model_types)}; "
-                f"{SUPPORTED_HINT}"
+                f"{supported_hint()}"
             )
         text = config.text_config
         num_layers = text.num_hidden_layers
