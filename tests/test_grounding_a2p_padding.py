@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from part_point_ros.grounding.attention_pointing import cells_on_image
+from part_point_ros.grounding.methods.a2p import decode_a2p
 from part_point_ros.grounding.peaks import argmax_peak, nms_peaks, refine_peak
-from part_point_ros.grounding.pointer import decode_a2p
 from part_point_ros.types import ImageGrid
 
 ROOT = Path(__file__).resolve().parents[1]

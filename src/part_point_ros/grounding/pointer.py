@@ -1,24 +1,16 @@
-"""``PartPointer``: the inference facade over a frozen backbone and one of three pointing methods.
+"""``PartPointer``: the inference facade over a frozen backbone and one pointing method.
 
-- ``a2p``: ONE truncated prefill captures Q/K/V of the head's localization heads (decoder layers past
-  the deepest one are never loaded), the trained ``PartPointHead`` gives a heatmap at 4x the token
-  grid, its peak (LENS sub-pixel refined) is mapped to original pixels (``decode_a2p``, shared with
-  the evaluation from cached features). Heatmap cells wholly in the processor's padding
-  (pad-to-square) are masked out before the softmax and never win; a point from a cell only partly
-  on the image is clamped onto it, so every point has 0 <= x <= W - 1 and 0 <= y <= H - 1.
-  ``score`` = mean over the k heads of sigmoid(q_s·K_v/√d_h) at the grid cell under the peak: the
-  patch-level probability that L_bce trains, so 0.5 is a natural ``found`` threshold.
-- ``attention``: the Kang et al. baseline on the localization heads (``attention_pointing``).
-  ``score`` = share of the map's mass in the 3x3 cells around the peak (no calibrated confidence;
-  default threshold 0.0: always found).
-- ``text``: the backbone writes the point (seed 000 Fig. 5 prompts, ``text_pointing``).
-  ``score`` = 1.0 if a point was parsed and lies in the image, else 0.0 (and x, y are NaN).
+The methods live in ``grounding/methods/``, one file each (``a2p``: the trained Q-Synth + A2P
+head; ``attention``: Kang et al.'s attention pointing; ``text``: the backbone writes the point).
+The facade loads the backbone (only as deep as the method reads), checks every input, keeps the
+latest frame's image prefix, runs the method and sets ``found = score >= threshold``.
 
-Several parts of one frame: ``point_many(image, queries)``. For a2p and attention the image is
-processed and prefilled once (``backbones/prefix.py``) and only each query's suffix runs, all in
-one forward (``batch_queries``); the a2p head then runs once over the batch. With ``reuse_prefix``
-the latest frame's prefix is also kept (``frame_cache.py``), so a later ``point`` on the same pixels
-skips the image. Both give the points of the uncached path (tests: equal Q/K/V to 1e-5, same points).
+Several parts of one frame: ``point_many(image, queries)``. For the methods that read attention
+the image is processed and prefilled once (``backbones/prefix.py``) and only each query's suffix
+runs, all in one forward (``batch_queries``); the a2p head then runs once over the batch. With
+``reuse_prefix`` the latest frame's prefix is also kept (``frame_cache.py``), so a later ``point``
+on the same pixels skips the image. Both give the points of the uncached path (tests: equal Q/K/V
+to 1e-5, same points).
 """
 
 from __future__ import annotations
@@ -35,12 +27,6 @@ import torch
 
 from part_point_ros.backbones.base import BackboneAdapter, BackboneInfo, Capture
 from part_point_ros.errors import CheckpointError, HeadMismatchError, InputError
-from part_point_ros.grounding.attention_pointing import (
-    attention_heatmap,
-    cells_on_image,
-    clamp_to_image,
-    peak_share,
-)
 from part_point_ros.grounding.frame_cache import LatestFrame
 from part_point_ros.grounding.inputs import (
     MAX_ASPECT_RATIO,
@@ -52,13 +38,18 @@ from part_point_ros.grounding.inputs import (
     reserved_tokens,
 )
 from part_point_ros.grounding.localization_heads import HeadsFile, known_heads_name, load_heads
-from part_point_ros.grounding.peaks import Peak, argmax_peak, nms_peaks, refine_peak
+from part_point_ros.grounding.methods.a2p import A2PMethod
+from part_point_ros.grounding.methods.attention import AttentionMethod
+from part_point_ros.grounding.methods.base import PeakOptions, PointingMethod
+from part_point_ros.grounding.methods.text import TextMethod
 from part_point_ros.grounding.result import PointResult
-from part_point_ros.grounding.text_pointing import parse_answer, text_prompt, to_original_pixels
-from part_point_ros.types import HeadRef, ImageGrid
+from part_point_ros.types import HeadRef
 
-METHODS = ("a2p", "attention", "text")
-DEFAULT_THRESHOLDS = {"a2p": 0.5, "attention": 0.0, "text": 0.5}
+POINTING_METHODS: dict[str, type[PointingMethod]] = {
+    m.name: m for m in (A2PMethod, AttentionMethod, TextMethod)
+}
+METHODS = tuple(POINTING_METHODS)
+DEFAULT_THRESHOLDS = {name: m.default_threshold for name, m in POINTING_METHODS.items()}
 
 
 def _load_backbone(name: str, **kwargs: Any) -> BackboneAdapter:
@@ -129,91 +120,6 @@ def _check_heads_fit(heads: Sequence[HeadRef], info: BackboneInfo, what: str) ->
             )
 
 
-def find_peaks(
-    heatmap: np.ndarray,
-    valid: np.ndarray | None = None,
-    *,
-    subpixel: bool,
-    max_points: int = 5,
-    nms_radius: float = 4.0,
-    rel_threshold: float = 0.5,
-) -> list[Peak]:
-    """The best peak (sub-pixel refined if asked), then up to ``max_points - 1`` more NMS peaks above
-    ``rel_threshold`` x the best value; only cells in ``valid`` (default: all) can be peaks."""
-    if max_points < 1:
-        raise ValueError(f"max_points must be >= 1, got {max_points}")
-    best = argmax_peak(heatmap, valid)
-    if subpixel:
-        best = refine_peak(heatmap, best, valid=valid)
-    if max_points == 1:
-        return [best]
-    others = nms_peaks(
-        heatmap,
-        radius=nms_radius,
-        max_points=max_points,
-        min_value=rel_threshold * best.value,
-        subpixel=subpixel,
-        valid=valid,
-    )
-    return [best, *others[1:]]
-
-
-def clamp_into_image(grid: ImageGrid, x: float, y: float) -> tuple[float, float]:
-    """(x, y) moved into [0, W - 1] x [0, H - 1] of the original image."""
-    width, height = grid.orig_size
-    return min(max(float(x), 0.0), width - 1.0), min(max(float(y), 0.0), height - 1.0)
-
-
-def decode_a2p(
-    heatmap_logits: torch.Tensor,
-    attn_logits: torch.Tensor,
-    grid: ImageGrid,
-    upscale: int,
-    *,
-    subpixel: bool = True,
-    max_points: int = 1,
-    nms_radius: float = 4.0,
-    rel_threshold: float = 0.5,
-) -> tuple[np.ndarray, list[tuple[float, float, float]]]:
-    """One sample's head output -> (heatmap, points): THE a2p decoding, for ``PartPointer`` and for
-    the evaluation from cached features alike.
-
-    ``heatmap_logits``: (s·rows, s·cols), s = ``upscale``; ``attn_logits``: (k, P) patch logits.
-    The heatmap is the softmax over the cells that cover some of the original image (cells wholly
-    in pad-to-square padding get probability 0 and are never peaks); points are (x, y, score) in
-    original pixels, best first, clamped into [0, W - 1] x [0, H - 1]; score = mean over the k
-    heads of sigmoid(attn logit) at the (on-image) token-grid cell under the peak.
-    """
-    logits = heatmap_logits.float()
-    expected = (grid.rows * upscale, grid.cols * upscale)
-    if tuple(logits.shape) != expected:
-        raise ValueError(f"heatmap is {tuple(logits.shape)} but the grid x upscale is {expected}")
-    valid = cells_on_image(grid, upscale)  # (s·rows, s·cols) bool
-    masked = logits.masked_fill(~torch.from_numpy(valid).to(logits.device), float("-inf"))
-    prob = masked.flatten().softmax(0).reshape(logits.shape).cpu().numpy()  # (s·rows·s·cols,) -> map
-    patch_prob = attn_logits.float().sigmoid().mean(0).cpu().numpy()  # (k, P) -> (P,)
-    on_cells = cells_on_image(grid)  # (rows, cols): the score's cell is one of these
-    on_rows, on_cols = np.flatnonzero(on_cells.any(1)), np.flatnonzero(on_cells.any(0))
-    peaks = find_peaks(
-        prob,
-        valid,
-        subpixel=subpixel,
-        max_points=max_points,
-        nms_radius=nms_radius,
-        rel_threshold=rel_threshold,
-    )
-
-    def cell_score(peak: Peak) -> float:
-        row = min(max(int((peak.row + 0.5) // upscale), int(on_rows[0])), int(on_rows[-1]))
-        col = min(max(int((peak.col + 0.5) // upscale), int(on_cols[0])), int(on_cols[-1]))
-        return float(patch_prob[row * grid.cols + col])  # row-major (rows, cols) -> (P,)
-
-    points = [
-        (*clamp_into_image(grid, *grid.heatmap_to_pixel(p.row, p.col, upscale)), cell_score(p)) for p in peaks
-    ]
-    return prob.astype(np.float32), points
-
-
 def _info_from_dict(data: dict[str, Any]) -> BackboneInfo | None:
     try:
         return BackboneInfo(**{f: data[f] for f in BackboneInfo.__dataclass_fields__})
@@ -262,24 +168,16 @@ class PartPointer:
         """
         if method not in METHODS:
             raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-        if method == "a2p" and head is None:
-            raise CheckpointError("method 'a2p' needs a trained head (head=DIR / --head DIR)")
-        if method == "attention" and not heads:
-            raise CheckpointError(
-                "method 'attention' needs localization heads (`--heads FILE`, the `heads_file` parameter of "
-                "part_point_node, heads=... in Python)"
-            )
         self.backbone = backbone
+        subpixel = (method == "a2p") if subpixel is None else bool(subpixel)
+        self.peaks = PeakOptions(subpixel, max_points, nms_radius, points_rel_threshold)
+        self.pointing = self._make_method(
+            method, head, heads, batch_queries, prompt_mode=prompt_mode, max_new_tokens=max_new_tokens
+        )
         self.method = method
         self.head = head
-        self.heads = tuple(head.config.head_refs) if head is not None else tuple(heads or ())
-        self.threshold = DEFAULT_THRESHOLDS[method] if threshold is None else float(threshold)
-        self.subpixel = (method == "a2p") if subpixel is None else bool(subpixel)
-        self.max_points = max_points
-        self.nms_radius = nms_radius
-        self.points_rel_threshold = points_rel_threshold
-        self.max_new_tokens = max_new_tokens
-        self.prompt_mode = prompt_mode
+        self.heads = self.pointing.heads
+        self.threshold = self.pointing.default_threshold if threshold is None else float(threshold)
         self.allow_grey = allow_grey
         self.max_query_chars = max_query_chars
         self.max_image_pixels, self.max_aspect_ratio = check_limits(max_image_pixels, max_aspect_ratio)
@@ -294,6 +192,31 @@ class PartPointer:
             self._check_head(head)
         elif self.heads:
             _check_heads_fit(self.heads, backbone.info, "the heads list")
+
+    @property
+    def subpixel(self) -> bool:
+        """LENS sub-pixel refinement of the best peak (the method's ``PeakOptions``)."""
+        return self.peaks.subpixel
+
+    @subpixel.setter
+    def subpixel(self, value: bool) -> None:
+        self.peaks.subpixel = bool(value)
+
+    def _make_method(
+        self, method: str, head: Any, heads: Sequence[HeadRef] | None, batch: bool, **text: Any
+    ) -> PointingMethod:
+        if method == "a2p":
+            if head is None:
+                raise CheckpointError("method 'a2p' needs a trained head (head=DIR / --head DIR)")
+            return A2PMethod(head, self.peaks, batch=batch)
+        if method == "attention":
+            if not heads:
+                raise CheckpointError(
+                    "method 'attention' needs localization heads (`--heads FILE`, the `heads_file` parameter "
+                    "of part_point_node, heads=... in Python)"
+                )
+            return AttentionMethod(heads, self.peaks)
+        return TextMethod(self.backbone, **text)
 
     def _check_head(self, head: Any) -> None:
         trained = _info_from_dict(head.config.backbone)
@@ -399,18 +322,11 @@ class PartPointer:
             raise InputError("point_many needs at least one query")
         self._sync()
         start = time.perf_counter()
-        with torch.inference_mode():
-            if self.method == "text":
-                results = [self._point_text(image, query) for query in queries]
-            else:  # max_batch queries at a time; from the second chunk on the frame's prefix is reused
-                results = []
-                for start_at in range(0, len(queries), self.max_batch):
-                    chunk = queries[start_at : start_at + self.max_batch]
-                    captures = self._captures(image, chunk)
-                    if self.method == "a2p":
-                        results += self._point_a2p(captures, chunk)
-                    else:
-                        results += [self._point_attention(c, q) for c, q in zip(captures, chunk, strict=True)]
+        results: list[PointResult] = []
+        with torch.inference_mode():  # max_batch queries at a time; from the second on the prefix is reused
+            for start_at in range(0, len(queries), self.max_batch):
+                chunk = queries[start_at : start_at + self.max_batch]
+                results += self.pointing.point_many(image, chunk, lambda qs: self._captures(image, qs))
         self._sync()
         latency_ms = (time.perf_counter() - start) * 1000.0
         for result in results:
@@ -433,101 +349,10 @@ class PartPointer:
         self.frame.keep(image, prefix)
         return captures
 
-    def _point_a2p(self, captures: Sequence[Capture], queries: Sequence[str]) -> list[PointResult]:
-        """The head over the captures (one forward, or one per query without ``batch_queries``), decoded."""
-        groups = [list(range(len(captures)))] if self.batch_queries else [[i] for i in range(len(captures))]
-        results: list[PointResult] = []
-        for group in groups:
-            out = self._run_head([captures[i] for i in group])
-            results += [
-                self._a2p_result(out.heatmap[b], out.attn_logits[b], captures[i].grid, queries[i])
-                for b, i in enumerate(group)
-            ]
-        return results
-
-    def _run_head(self, captures: Sequence[Capture]) -> Any:
-        """One head forward over captures of one frame; their query rows right-padded and masked."""
-        device = next(self.head.parameters()).device
-        captures = [c.to(device) for c in captures]
-        rows = [c.queries.transpose(0, 1) for c in captures]  # (k, L_b, d) -> (L_b, k, d)
-        padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # B x (L_b, k, d) -> (B, L, k, d)
-        queries = padded.permute(0, 2, 1, 3)  # (B, L, k, d) -> (B, k, L, d)
-        lengths = torch.tensor([r.shape[0] for r in rows], device=device)
-        mask = torch.arange(queries.shape[2], device=device)[None] < lengths[:, None]  # (B, L)
-        keys = torch.stack([c.image_keys for c in captures])  # B x (k, P, d) -> (B, k, P, d)
-        values = torch.stack([c.image_values for c in captures])  # B x (k, P, d) -> (B, k, P, d)
-        grid = captures[0].grid
-        return self.head(queries, mask, keys, values, (grid.rows, grid.cols))
-
-    def _a2p_result(
-        self, heatmap: torch.Tensor, attn_logits: torch.Tensor, grid: ImageGrid, query: str
-    ) -> PointResult:
-        upscale = self.head.config.upscale
-        prob, points = decode_a2p(
-            heatmap,  # (s·rows, s·cols)
-            attn_logits,  # (k, P)
-            grid,
-            upscale,
-            subpixel=self.subpixel,
-            max_points=self.max_points,
-            nms_radius=self.nms_radius,
-            rel_threshold=self.points_rel_threshold,
-        )
-        x, y, score = points[0]
-        return PointResult(
-            x=x, y=y, score=score, found=False, method="a2p", latency_ms=0.0, query=query,
-            heatmap=prob, grid=grid, upscale=upscale, points=points,
-        )  # fmt: skip
-
-    def _point_attention(self, capture: Capture, query: str) -> PointResult:
-        grid = capture.grid
-        heatmap = attention_heatmap(capture)
-        peaks = find_peaks(
-            heatmap,
-            cells_on_image(grid),
-            subpixel=self.subpixel,
-            max_points=self.max_points,
-            nms_radius=self.nms_radius,
-            rel_threshold=self.points_rel_threshold,
-        )
-        # Kang et al. point at the argmax patch's centre; sub-pixel refinement is an option on top.
-        points = [
-            (*clamp_to_image(grid, *grid.heatmap_to_pixel(p.row, p.col, 1)), peak_share(heatmap, p))
-            for p in peaks
-        ]
-        x, y, score = points[0]
-        return PointResult(
-            x=x, y=y, score=score, found=False, method="attention", latency_ms=0.0, query=query,
-            heatmap=heatmap, grid=grid, upscale=1, points=points,
-        )  # fmt: skip
-
-    def _point_text(self, image: np.ndarray, query: str) -> PointResult:
-        family = self.backbone.pointing_format  # the checkpoint's own format (config.pointing_format)
-        prompt = text_prompt(family, query, mode=self.prompt_mode)
-        answer, grid = self.backbone.generate_with_grid(image, prompt, max_new_tokens=self.max_new_tokens)
-        height, width = image.shape[:2]
-        if family == "qwen2_5_vl":  # Qwen answers in pixels of the resized input: map through the grid
-            parse = parse_answer(family, answer, processed_size=grid.processed_size)
-            frame = grid
-        else:  # LLaVA / Molmo answers are normalised to the original image
-            parse = parse_answer(family, answer)
-            frame = ImageGrid(1, 1, (width, height), (width, height), (1.0, 1.0), (0.0, 0.0))
-        pixels = [(x, y) for x, y in to_original_pixels(parse, frame) if 0 <= x <= width and 0 <= y <= height]
-        if not pixels:
-            return PointResult(
-                x=float("nan"), y=float("nan"), score=0.0, found=False, method="text", latency_ms=0.0,
-                query=query, text=answer, grid=grid,
-            )  # fmt: skip
-        return PointResult(
-            x=pixels[0][0], y=pixels[0][1], score=1.0, found=False, method="text", latency_ms=0.0,
-            query=query, points=[(x, y, 1.0) for x, y in pixels], text=answer, grid=grid,
-        )  # fmt: skip
-
     def describe(self) -> dict[str, Any]:
         """What is loaded: method, backbone info, heads."""
         return {
-            "method": self.method,
+            **self.pointing.describe(),
             "backbone": asdict(self.backbone.info),
-            "heads": [str(h) for h in self.heads],
             "threshold": self.threshold,
         }

@@ -310,3 +310,17 @@ def to_original_pixels(parse: TextPointParse, grid: ImageGrid) -> list[tuple[flo
         else:
             raise ValueError(f"unknown coordinate frame {parse.frame!r}")
     return out
+
+
+def answer_to_pixels(
+    fmt: str, answer: str, grid: ImageGrid
+) -> tuple[TextPointParse, list[tuple[float, float]]]:
+    """Parse an answer in format ``fmt`` and map its points to ORIGINAL-image pixels: the one call
+    the text method makes (``grid``: the grid of the processor call that made the answer)."""
+    parse = parse_answer(fmt, answer, processed_size=grid.processed_size)
+    if parse.frame == "processed_px":
+        return parse, to_original_pixels(parse, grid)
+    width, height = grid.orig_size  # normalised / percent formats speak of the original image
+    return parse, to_original_pixels(
+        parse, ImageGrid(1, 1, (width, height), (width, height), (1.0, 1.0), (0.0, 0.0))
+    )

@@ -74,8 +74,8 @@ def predict_from_cache(
     max_samples: int | None = None,
 ) -> list[PredictionRecord]:
     """a2p predictions from cached features: heatmap peak (LENS-refined) -> original pixels, decoded
-    by ``grounding.pointer.decode_a2p`` exactly as ``PartPointer`` does (padding cells never win)."""
-    from part_point_ros.grounding.pointer import decode_a2p
+    by ``grounding.methods.a2p.decode_a2p`` exactly as ``PartPointer`` does (padding cells never win)."""
+    from part_point_ros.grounding.methods.a2p import decode_a2p
 
     head = head.to(device).eval()
     count = len(cache) if max_samples is None else min(len(cache), max_samples)
