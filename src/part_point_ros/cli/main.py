@@ -115,6 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     _add_backbone_options(bench)
 
+    published = sub.add_parser(
+        "bench-published",
+        help="a2p / attention / text on 7B-shaped RANDOM-weight backbones (published configs): ms, GB",
+    )
+    published.add_argument(
+        "--config", action="append", choices=["llava-1.5-7b", "qwen2.5-vl-7b"],
+        help="published config (repeat; default both)",
+    )  # fmt: skip
+    published.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    published.add_argument("--dtype", default="bfloat16", help="bfloat16 (default), float16 or float32")
+    published.add_argument(
+        "--scale", choices=["published", "tiny"], default="published",
+        help="published: the real shapes (a GPU); tiny: the same code on tiny shapes (a CPU check)",
+    )  # fmt: skip
+    published.add_argument("--reps", type=int, default=10, help="timed repetitions (median reported)")
+    published.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs")
+    published.add_argument("--max-new-tokens", type=int, default=16, help="text: tokens generated (forced)")
+    published.add_argument("--compile", action="store_true", help="torch.compile the vision tower")
+    published.add_argument("--json", type=Path, help="also write the reports to this JSON file")
+
     demo = sub.add_parser("demo", help="the ROS 2 graph on the synthetic RGB-D world, end to end")
     demo.add_argument("--out", type=Path, help="output directory (default runs/demo)")
     demo.add_argument(
@@ -291,6 +311,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_published(args: argparse.Namespace) -> int:
+    from part_point_ros.cli.bench_published import format_published, run_published_bench
+
+    if args.reps < 1 or args.warmup < 0 or args.max_new_tokens < 1:
+        raise UserError("--reps and --max-new-tokens must be >= 1, --warmup >= 0")
+    reports = []
+    for name in args.config or ["llava-1.5-7b", "qwen2.5-vl-7b"]:
+        report = run_published_bench(
+            name,
+            device=args.device,
+            dtype=args.dtype,
+            scale=args.scale,
+            reps=args.reps,
+            warmup=args.warmup,
+            max_new_tokens=args.max_new_tokens,
+            compile_vision=args.compile,
+        )
+        reports.append(report)
+        print(format_published(report), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(_json_safe(reports), indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     try:  # the ROS-free CLI works without rclpy; only this verb needs it
         from part_point_ros.ros import demo
@@ -302,7 +347,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(args)
 
 
-COMMANDS = {"point": cmd_point, "select-heads": cmd_select_heads, "bench": cmd_bench, "demo": cmd_demo}
+COMMANDS = {
+    "point": cmd_point,
+    "select-heads": cmd_select_heads,
+    "bench": cmd_bench,
+    "bench-published": cmd_bench_published,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

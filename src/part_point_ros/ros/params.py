@@ -133,6 +133,19 @@ PART_POINT_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("overlay_topic", "/part_point/overlay", "overlay image out (rgb8)", configure_time=True),
     ParamSpec("service_name", "/point_part", "name of the PointPart service", configure_time=True),
     ParamSpec(
+        "parts_service_name",
+        "/point_parts",
+        "name of the PointParts service (several queries on one frame)",
+        configure_time=True,
+    ),
+    ParamSpec(
+        "max_queries_per_request",
+        16,
+        "most queries one PointParts request may hold",
+        ints=(1, 256),
+        configure_time=True,
+    ),
+    ParamSpec(
         "depth_buffer_size", 10, "depth frames kept for stamp matching", ints=(1, 300), configure_time=True
     ),
     # frames (read on configure)

@@ -20,7 +20,10 @@ Inputs:   image_topic (rgb8/bgr8), camera_info_topic, depth_topic (16UC1 mm / 32
           (latched geometry_msgs/TransformStamped, e.g. from sim_camera_node).
 Outputs:  points_topic (PartPointArray, header = image stamp + optical frame), heatmap_topic
           (32FC1 or mono8, image size), overlay_topic (rgb8), /diagnostics.
-Service:  /point_part (part_point_ros/srv/PointPart).
+Services: /point_part (part_point_ros/srv/PointPart): one query; ``points`` holds every instance found.
+          /point_parts (part_point_ros/srv/PointParts): several queries on ONE frame, one PartPoint
+          each, in order: the frame is prefilled once and the queries' suffixes run in one forward,
+          and the pointer keeps that frame's prefix, so later requests on the same frame reuse it.
 
 Concurrency: inference runs in ONE worker thread fed by a bounded queue (``queue_size``). The
 service callback is a coroutine in a reentrant callback group: it validates the request, queues a
@@ -89,7 +92,7 @@ from part_point_ros.ros.conversions import image_to_numpy, numpy_to_image, point
 from part_point_ros.ros.params import PART_POINT_PARAMS, check_changes, declare
 from part_point_ros.ros.qos import QOS_OVERRIDES, latched_qos, results_qos, sensor_qos, service_qos
 from part_point_ros.ros.spin import ros_context, run_main
-from part_point_ros.srv import PointPart
+from part_point_ros.srv import PointPart, PointParts
 
 NODE_NAME = "part_point_node"
 COLOUR_ENCODINGS = ("rgb8", "bgr8")
@@ -120,20 +123,42 @@ class _Refused(Exception):
 
 @dataclass
 class _Job:
-    query: str
+    queries: list[str]  # one (PointPart, commands) or several (PointParts) on one frame
     image: np.ndarray  # (H, W, 3) uint8 RGB
     header: Header  # stamp + optical frame of the image
     target_frame: str
     future: Future | None  # None for commands from the topic
     epoch: int = 0  # the node's activation it was queued in: a deactivation since answers it at once
 
+    @property
+    def query(self) -> str:
+        return "; ".join(self.queries)
+
+
+@dataclass
+class _Answer:
+    """One query's answer: its best point (with 3D and grasp pose when lifted) and every instance."""
+
+    point: PartPoint
+    instances: list[PartPoint]
+    grasp_pose: PoseStamped | None = None
+    message: str = ""  # the answer's one line (the point's own message is empty when all went well)
+
 
 @dataclass
 class _Outcome:
     success: bool
     message: str
-    point: PartPoint
-    grasp_pose: PoseStamped | None = None
+    answers: list[_Answer]
+
+    @classmethod
+    def refused(cls, message: str, queries: list[str], header: Header | None = None) -> _Outcome:
+        """Every query answered not found with ``message``."""
+        points = [PartPoint(query=q[:200], message=message) for q in queries]
+        if header is not None:
+            for point in points:
+                point.header = header
+        return cls(False, message, [_Answer(point, [], None, message) for point in points])
 
 
 @dataclass
@@ -173,6 +198,7 @@ class PartPointNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._subs: list[Any] = []
         self._service = None
+        self._parts_service = None
         self._extrinsics_sub = None
         self._diag_timer = None
 
@@ -190,11 +216,12 @@ class PartPointNode(LifecycleNode):
                 reason = (
                     f"{names} is read on configure: deactivate and clean up, set it, then configure again"
                 )
-        if not reason and self._service is not None and "service_name" in changed:
-            reason = (
-                f"service_name cannot change once {self._service.service_name} exists: the service lives as "
-                "long as the node (a cleanup loses no request); start a node with the name you want"
-            )
+        for name, service in (("service_name", self._service), ("parts_service_name", self._parts_service)):
+            if not reason and service is not None and name in changed:
+                reason = (
+                    f"{name} cannot change once {service.service_name} exists: the service lives as long as "
+                    "the node (a cleanup loses no request); start a node with the name you want"
+                )
         if not reason:
             new = {p.name: p.value for p in params}
             try:
@@ -250,6 +277,13 @@ class PartPointNode(LifecycleNode):
                 qos_profile=_SERVICE_QOS,
                 callback_group=ReentrantCallbackGroup(),
             )
+            self._parts_service = self.create_service(
+                PointParts,
+                self._p("parts_service_name"),
+                self._on_point_parts,
+                qos_profile=_SERVICE_QOS,
+                callback_group=ReentrantCallbackGroup(),
+            )
         if self._p("extrinsics_topic"):
             self._extrinsics_sub = self.create_subscription(
                 TransformStamped,
@@ -270,7 +304,7 @@ class PartPointNode(LifecycleNode):
         info = self._pointer.backbone.info
         self.get_logger().info(
             f"configured: {self._pointer.method} on {info.name} ({self._p('device')}, {self._p('dtype')}); "
-            f"serving {self._p('service_name')}"
+            f"serving {self._p('service_name')} and {self._p('parts_service_name')}"
         )
         return super().on_configure(state)
 
@@ -379,7 +413,7 @@ class PartPointNode(LifecycleNode):
                 except queue.Empty:
                     break
         for job in filter(None, queued):
-            self._finish(job, _Outcome(False, why, PartPoint(query=job.query)))
+            self._finish(job, _Outcome.refused(why, job.queries))
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -422,7 +456,7 @@ class PartPointNode(LifecycleNode):
     # ------------------------------------------------------------------ inputs
     def _on_command(self, msg: String) -> None:
         try:
-            self._enqueue(self._make_job(msg.data, None, "", with_future=False))
+            self._enqueue(self._make_job([msg.data], None, "", with_future=False))
         except Exception as err:  # noqa: BLE001 - a bad command is dropped with a warning, never fatal
             self.stats.failed += 1
             why = str(err) if isinstance(err, (_Refused, InputError)) else f"internal error: {_one_line(err)}"
@@ -432,8 +466,42 @@ class PartPointNode(LifecycleNode):
     async def _on_point_part(self, request, response):
         """Every request is answered: queued and awaited, or refused at once (busy, invalid, ...)."""
         start = time.perf_counter()
+        outcome = await self._outcome([request.query], request)
+        answer = outcome.answers[0]
+        response.success = outcome.success
+        response.message = outcome.message
+        response.point = answer.point
+        response.points = answer.instances
+        response.has_grasp_pose = answer.grasp_pose is not None
+        if answer.grasp_pose is not None:
+            response.grasp_pose = answer.grasp_pose
+        response.latency_ms = (time.perf_counter() - start) * 1000.0
+        return response
+
+    async def _on_point_parts(self, request, response):
+        """Several queries on one frame; answered like ``_on_point_part``, one PartPoint per query."""
+        start = time.perf_counter()
+        queries = list(request.queries)
+        limit = self._p("max_queries_per_request")
+        if not queries or len(queries) > limit:
+            self.stats.failed += 1
+            response.success = False
+            response.message = (
+                f"{len(queries)} queries: a PointParts request takes 1 to {limit} (parameter "
+                "max_queries_per_request)"
+            )
+        else:
+            outcome = await self._outcome(queries, request)
+            response.success = outcome.success
+            response.message = outcome.message
+            response.points = [answer.point for answer in outcome.answers]
+        response.latency_ms = (time.perf_counter() - start) * 1000.0
+        return response
+
+    async def _outcome(self, queries: list[str], request: Any) -> _Outcome:
+        """Queue the request's job and await its outcome, or the refusal (one line) at once."""
         try:
-            job = self._make_job(request.query, request.image, request.target_frame, method=request.method)
+            job = self._make_job(queries, request.image, request.target_frame, method=request.method)
             self._enqueue(job)
         except Exception as err:  # noqa: BLE001 - a request that cannot be queued is answered why
             if isinstance(err, (_Refused, InputError)):
@@ -441,25 +509,18 @@ class PartPointNode(LifecycleNode):
             else:
                 message = f"internal error: {_one_line(err)}"
                 self.get_logger().error(message, throttle_duration_sec=1.0)
-            outcome = _Outcome(False, message, PartPoint(query=request.query[:200]))
             self.stats.failed += 1
-            self.stats.last_message = outcome.message
-        else:
-            outcome = await job.future
-            if outcome.success and outcome.grasp_pose is None and outcome.point.found:
-                outcome.success = not self._p("require_grasp_pose")
-        response.success = outcome.success
-        response.message = outcome.message
-        response.point = outcome.point
-        response.has_grasp_pose = outcome.grasp_pose is not None
-        if outcome.grasp_pose is not None:
-            response.grasp_pose = outcome.grasp_pose
-        response.latency_ms = (time.perf_counter() - start) * 1000.0
-        return response
+            self.stats.last_message = message
+            return _Outcome.refused(message, queries)
+        outcome = await job.future
+        if self._p("require_grasp_pose") and outcome.success:
+            missing = [a for a in outcome.answers if a.point.found and a.grasp_pose is None]
+            outcome.success = not missing
+        return outcome
 
     def _make_job(
         self,
-        query: str,
+        queries: list[str],
         image: Image | None,
         target_frame: str,
         *,
@@ -470,7 +531,16 @@ class PartPointNode(LifecycleNode):
         pointer = self._pointer
         if not self._active or pointer is None:
             raise self._not_active()
-        text = check_query(query, max_chars=pointer.max_query_chars, reserved=pointer.reserved_tokens)
+        texts = []
+        for i, query in enumerate(queries):
+            try:
+                texts.append(
+                    check_query(query, max_chars=pointer.max_query_chars, reserved=pointer.reserved_tokens)
+                )
+            except InputError as err:
+                raise InputError(
+                    f"query {i + 1} of {len(queries)}: {err}" if len(queries) > 1 else str(err)
+                ) from None
         if method and method != pointer.method:
             raise _Refused(
                 f"method {method!r} is not loaded: this node serves {pointer.method!r} (parameter method)"
@@ -490,7 +560,7 @@ class PartPointNode(LifecycleNode):
         else:
             rgb, header = self._latest_frame()
         return _Job(
-            query=text,
+            queries=texts,
             image=rgb,
             header=header,
             target_frame=target_frame or self._p("target_frame"),
@@ -552,12 +622,11 @@ class PartPointNode(LifecycleNode):
                 with self.model_lock:
                     outcome = None if job.epoch != self._epoch else self._serve(job)
             except Exception as err:  # noqa: BLE001 - the worker must answer every job and live on
-                outcome = _Outcome(False, f"internal error: {_one_line(err)}", PartPoint(query=job.query))
+                outcome = _Outcome.refused(f"internal error: {_one_line(err)}", job.queries)
                 self.get_logger().error(outcome.message)
             self._in_flight = 0
             if job.epoch != self._epoch:  # deactivated while it waited or ran
-                point = outcome.point if outcome is not None else PartPoint(query=job.query)
-                outcome = _Outcome(False, self._stopped_why, point)
+                outcome = _Outcome.refused(self._stopped_why, job.queries)
             self._finish(job, outcome)
 
     def _finish(self, job: _Job, outcome: _Outcome) -> None:
@@ -575,35 +644,51 @@ class PartPointNode(LifecycleNode):
     def _serve(self, job: _Job) -> _Outcome:
         pointer = self._pointer
         if pointer is None:
-            return _Outcome(False, "the model is not loaded", PartPoint(query=job.query))
+            return _Outcome.refused("the model is not loaded", job.queries)
         try:
-            result = pointer.point(job.image, job.query)
+            results = pointer.point_many(job.image, job.queries)
         except InputError as err:
-            return _Outcome(False, str(err), PartPoint(header=job.header, query=job.query))
-        self.stats.last_latency_ms = result.latency_ms
-        point = PartPoint(
-            header=job.header,
-            query=job.query,
-            u=float(result.x),
-            v=float(result.y),
-            score=float(result.score),
-            found=bool(result.found),
-        )
-        grasp = None
+            return _Outcome.refused(str(err), job.queries, job.header)
+        self.stats.last_latency_ms = results[0].latency_ms
+        answers = [self._answer(job, result, pointer.threshold) for result in results]
+        self._publish(job, results, answers)
+        if len(answers) == 1:
+            return _Outcome(answers[0].point.found, answers[0].message, answers)
+        found = sum(a.point.found for a in answers)
+        missed = [f"{a.point.query!r}: {a.message}" for a in answers if not a.point.found]
+        message = f"{found} of {len(answers)} parts found" + (f"; {missed[0]}" if missed else "")
+        return _Outcome(found == len(answers), message, answers)
+
+    def _answer(self, job: _Job, result: PointResult, threshold: float) -> _Answer:
+        """The query's best point and every instance (the result's further peaks at or above the
+        threshold), each lifted to 3D with a grasp pose when depth allows."""
         if not result.found:
             if math.isfinite(result.x):
-                why = (
-                    f"part not found: score {result.score:.3f} is below the threshold {pointer.threshold:.3f}"
-                )
+                why = f"part not found: score {result.score:.3f} is below the threshold {threshold:.3f}"
             else:
                 why = "part not found: the model's answer holds no point in the image"
-            point.message = message = why
-        else:
-            where = f"found at ({result.x:.1f}, {result.y:.1f}), score {result.score:.3f}"
-            lifted = self._grasp(job, result.x, result.y)
+            point = PartPoint(
+                header=job.header,
+                query=result.query,
+                u=float(result.x),
+                v=float(result.y),
+                score=float(result.score),
+                found=False,
+                message=why,
+            )
+            return _Answer(point, [], None, why)
+        peaks = [(x, y, score) for x, y, score in result.points if score >= threshold] or [
+            (result.x, result.y, result.score)
+        ]
+        instances, grasps = [], []
+        for x, y, score in peaks:
+            point = PartPoint(
+                header=job.header, query=result.query, u=float(x), v=float(y), score=float(score), found=True
+            )
+            lifted = self._grasp(job, x, y)
+            grasp = None
             if isinstance(lifted, str):
                 point.message = f"no grasp pose: {lifted}"
-                message = f"{where}; {point.message}"
             else:
                 optical_point, normal, grasp = lifted
                 point.has_3d = True
@@ -612,9 +697,15 @@ class PartPointNode(LifecycleNode):
                     vector_msg(normal),
                     grasp,
                 )
-                message = f"{where}; grasp pose in {grasp.header.frame_id}"
-        self._publish(job, result, point)
-        return _Outcome(bool(result.found), message, point, grasp)
+            instances.append(point)
+            grasps.append(grasp)
+        best = instances[0]
+        where = f"found at ({best.u:.1f}, {best.v:.1f}), score {best.score:.3f}"
+        if len(instances) > 1:
+            where += f" ({len(instances)} instances)"
+        if best.message:
+            return _Answer(best, instances, grasps[0], f"{where}; {best.message}")
+        return _Answer(best, instances, grasps[0], f"{where}; grasp pose in {grasps[0].header.frame_id}")
 
     def _grasp(self, job: _Job, u: float, v: float) -> tuple[np.ndarray, np.ndarray, PoseStamped] | str:
         """(point, normal) in the optical frame and the grasp pose in the target frame, or why not."""
@@ -625,10 +716,14 @@ class PartPointNode(LifecycleNode):
         )
 
     # ------------------------------------------------------------------ outputs
-    def _publish(self, job: _Job, result: PointResult, point: PartPoint) -> None:
+    def _publish(self, job: _Job, results: list[PointResult], answers: list[_Answer]) -> None:
+        """Every query's instances (or its not-found point) on the points topic; the heatmap and
+        overlay of the first query."""
         if not self._active:
             return
-        self._pubs["points"].publish(PartPointArray(header=job.header, points=[point]))
+        points = [p for answer in answers for p in (answer.instances or [answer.point])]
+        self._pubs["points"].publish(PartPointArray(header=job.header, points=points))
+        result = results[0]
         if self._p("publish_heatmap") and result.heatmap is not None and result.grid is not None:
             heat = result.heatmap_on_image()  # (H, W) float32 on the image
             if self._p("heatmap_encoding") == "mono8":
