@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -16,10 +16,13 @@ class Qwen25VLAdapter(HFAdapter):
 
     The image processor resizes the whole image (``smart_resize``: both sides multiples of
     ``patch_size * merge_size``, area within [min_pixels, max_pixels]); no crop, no pad.
+    Qwen2-VL and Qwen3-VL share all of this and subclass it (``qwen2_vl.py``, ``qwen3_vl.py``): only
+    their model class and processor class differ.
     """
 
     family = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
+    processor_class_name: ClassVar[str] = "Qwen2_5_VLProcessor"  # the family's processor (no video part)
 
     @classmethod
     def _model_class(cls) -> type:
@@ -35,7 +38,7 @@ class Qwen25VLAdapter(HFAdapter):
         if is_torchvision_available():
             return AutoProcessor.from_pretrained(name_or_path)
         # the video processor needs torchvision; images and text go through the same code without it
-        return qwen_image_text_processor_class().from_pretrained(name_or_path)
+        return qwen_image_text_processor_class(cls.processor_class_name).from_pretrained(name_or_path)
 
     def build_prompt(self, instruction: str) -> str:
         messages = [
