@@ -7,16 +7,17 @@ load lazily, so that code that only needs the camera model does not import open3
 from typing import Any
 
 from part_point_ros.geometry.camera import PinholeCamera
-from part_point_ros.geometry.depth import DepthReading, depth_to_metres, robust_depth
+from part_point_ros.geometry.depth import DepthReading, depth_to_metres, mask_depth, robust_depth
 from part_point_ros.geometry.transforms import RigidTransform
 
-_GRASP_NAMES = ("GraspLifter", "GraspResult", "LiftFailure", "grasp_rotation")
+_GRASP_NAMES = ("GraspLifter", "GraspResult", "LiftFailure", "grasp_rotation", "grasp_rotation_along")
 
 __all__ = [
     "DepthReading",
     "PinholeCamera",
     "RigidTransform",
     "depth_to_metres",
+    "mask_depth",
     "robust_depth",
     *_GRASP_NAMES,
 ]

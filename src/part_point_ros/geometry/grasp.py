@@ -4,7 +4,13 @@ Grasp frame convention (used by every node and the service):
   - z: the APPROACH direction, against the surface normal (the gripper moves along +z into the part);
   - x: in the surface plane, the camera's x axis (image right) projected onto the plane, or the
     camera's y axis (image down) when x is nearly parallel to the normal; deterministic;
+    with a part mask of an elongated part (a handle): the part's principal axis projected onto the
+    plane instead (``part_axis.py``), signed so that x points toward image right (x . camera x >= 0);
   - y = z cross x (right-handed); the origin is the surface point.
+
+With a part mask (LENS: SAM's mask of the part the point is on, ``grounding/masks.py``) the depth is
+read from the mask's pixels only (``depth.mask_depth``), the normal from the mask's patch, and a
+point just off the mask is moved onto its nearest mask pixel; see ``GraspLifter.lift``.
 """
 
 from __future__ import annotations
@@ -13,10 +19,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from part_point_ros.errors import InputError
 from part_point_ros.geometry.camera import PinholeCamera
-from part_point_ros.geometry.depth import robust_depth
+from part_point_ros.geometry.depth import as_mask, mask_depth, robust_depth
 from part_point_ros.geometry.normals import estimate_normal, local_points
+from part_point_ros.geometry.part_axis import (
+    MIN_ELONGATION,
+    PartAxis,
+    mask_component,
+    mask_points,
+    nearest_mask_pixel,
+    principal_axis,
+)
 from part_point_ros.geometry.transforms import RigidTransform
+
+MIN_IN_PLANE = 0.3  # a reference axis is used for x only if its projection onto the plane is this long
 
 
 def grasp_rotation(normal: np.ndarray, *, reference: np.ndarray | None = None) -> np.ndarray:
@@ -31,17 +48,41 @@ def grasp_rotation(normal: np.ndarray, *, reference: np.ndarray | None = None) -
     candidates.append(np.array([0.0, 1.0, 0.0]))
     for ref in candidates:
         x = ref - (ref @ z) * z
-        if np.linalg.norm(x) > 0.3 * np.linalg.norm(ref):
+        if np.linalg.norm(x) > MIN_IN_PLANE * np.linalg.norm(ref):
             break
     x = x / np.linalg.norm(x)
     y = np.cross(z, x)
     return np.column_stack([x, y, z])
 
 
+def grasp_rotation_along(normal: np.ndarray, direction: np.ndarray) -> np.ndarray | None:
+    """``grasp_rotation`` with x along ``direction`` (a part's axis) projected onto the surface plane,
+    turned by 180 degrees about z if needed so that x . camera x >= 0 (x . camera y when that is ~0):
+    the same grasp whichever sign the axis came with. None when ``direction`` is within
+    acos(MIN_IN_PLANE) ~ 73 degrees of the approach axis: its projection is too short to trust.
+    """
+    z = -np.asarray(normal, dtype=np.float64) / np.linalg.norm(normal)
+    d = np.asarray(direction, dtype=np.float64)
+    in_plane = d - (d @ z) * z
+    if np.linalg.norm(in_plane) <= MIN_IN_PLANE * np.linalg.norm(d):
+        return None
+    rotation = grasp_rotation(normal, reference=d)
+    x = rotation[:, 0]
+    if x[0] < -1e-6 or (abs(x[0]) <= 1e-6 and x[1] < 0):
+        rotation = rotation * np.array([-1.0, -1.0, 1.0])  # flip the x and y columns: 180 deg about z
+    return rotation
+
+
 @dataclass(frozen=True)
 class GraspResult:
     """A grasp in the camera's optical frame: ``point`` (3,) m, outward ``normal`` (3,),
-    ``pose`` (camera <- grasp), the robust ``depth`` at the pixel, and how flat the patch was."""
+    ``pose`` (camera <- grasp), the robust ``depth`` at the pixel, and how flat the patch was.
+
+    ``pixel``: the (u, v) that was lifted (the asked one, or the nearest mask pixel when the asked one
+    was just off the mask); ``depth_source``: ``"mask"`` or ``"window"`` (``depth.DepthReading``);
+    ``axis_source``: ``"mask"`` when x follows the part's principal axis, else ``"camera"``;
+    ``elongation`` of the part's mask (None without a usable mask).
+    """
 
     point: np.ndarray
     normal: np.ndarray
@@ -49,6 +90,10 @@ class GraspResult:
     depth: float
     n_points: int
     residual: float
+    pixel: tuple[float, float] | None = None
+    depth_source: str = "window"
+    axis_source: str = "camera"
+    elongation: float | None = None
 
     ok = True
 
@@ -78,6 +123,12 @@ class GraspLifter:
         depth_band: patch points farther than this (metres) from the median depth are dropped
             (background behind a thin part); None = 5 % of the depth, at least 1 cm.
         min_points: fewest patch points for a normal.
+        mask_snap_px: with a part mask, a pixel off the mask but at most this far (pixels) from it
+            is moved onto the nearest mask pixel; farther, the mask is ignored (window lift).
+        axis_from_mask: with a part mask, x follows the part's principal axis when the part is
+            elongated (``part_axis.py``).
+        min_elongation: the elongation (sqrt of the ratio of the two largest PCA variances) from
+            which the principal axis is used; 2 by default (``part_axis.MIN_ELONGATION``).
     """
 
     depth_window: int = 5
@@ -86,10 +137,26 @@ class GraspLifter:
     max_depth: float = 10.0
     depth_band: float | None = None
     min_points: int = 10
+    mask_snap_px: float = 10.0
+    axis_from_mask: bool = True
+    min_elongation: float = MIN_ELONGATION
 
     def lift(
-        self, u: float, v: float, depth_m: np.ndarray, camera: PinholeCamera
+        self,
+        u: float,
+        v: float,
+        depth_m: np.ndarray,
+        camera: PinholeCamera,
+        *,
+        mask: np.ndarray | None = None,
     ) -> GraspResult | LiftFailure:
+        """Lift pixel (u, v) with ``depth_m`` (H, W) metres; ``mask`` (H, W, nonzero = part), optional.
+
+        With a mask that has a pixel within ``mask_snap_px`` of (u, v): the depth is the median over
+        mask ∩ window, the normal comes from the mask's pixels of the patch (all of the patch when
+        fewer than ``min_points`` are in the mask), and x follows the part's principal axis when the
+        part is elongated. An empty mask, or one farther away, gives the window lift.
+        """
         h, w = depth_m.shape[:2]
         if (w, h) != (camera.width, camera.height):
             return LiftFailure(
@@ -98,17 +165,34 @@ class GraspLifter:
             )
         if not camera.contains(u, v):
             return LiftFailure(f"pixel ({u:.1f}, {v:.1f}) is outside the {w}x{h} image")
-        reading = robust_depth(
-            depth_m, u, v, window=self.depth_window, min_depth=self.min_depth, max_depth=self.max_depth
-        )
+        part = None
+        if mask is not None:
+            try:
+                part = as_mask(mask, depth_m.shape)
+            except InputError as err:
+                return LiftFailure(str(err))
+            nearest = nearest_mask_pixel(part, u, v)
+            if nearest is None or nearest[2] > self.mask_snap_px:
+                part = None  # no mask near the point: the window lift
+            elif not part[int(round(v)), int(round(u))]:
+                u, v = float(nearest[0]), float(nearest[1])
+        limits = {"min_depth": self.min_depth, "max_depth": self.max_depth}
+        if part is not None:
+            reading = mask_depth(depth_m, part, u, v, window=self.depth_window, **limits)
+        else:
+            reading = robust_depth(depth_m, u, v, window=self.depth_window, **limits)
         if not reading.ok:
             return LiftFailure(reading.reason)
         z0 = reading.value
         band = self.depth_band if self.depth_band is not None else max(0.01, 0.05 * z0)
-        pts = local_points(
-            depth_m, camera, u, v, radius_px=self.normal_radius, depth_center=z0, depth_band=band
-        )
-        pts = pts[np.all(np.isfinite(pts), axis=1)]  # (N, 3): a failed undistortion gives NaN rows
+        patch = {"radius_px": self.normal_radius, "depth_center": z0, "depth_band": band}
+        pts = np.empty((0, 3))
+        if part is not None:
+            pts = local_points(depth_m, camera, u, v, mask=part, **patch)
+            pts = pts[np.all(np.isfinite(pts), axis=1)]
+        if pts.shape[0] < self.min_points:  # no mask, or too few of its pixels: the whole patch
+            pts = local_points(depth_m, camera, u, v, **patch)
+            pts = pts[np.all(np.isfinite(pts), axis=1)]  # (N, 3): a failed undistortion gives NaN rows
         if pts.shape[0] < self.min_points:
             return LiftFailure(
                 f"too few depth points around ({u:.1f}, {v:.1f}) for a surface normal: "
@@ -126,6 +210,14 @@ class GraspLifter:
             if t > 0 and abs(t - z0) <= band:
                 point = ray * t
         rotation = grasp_rotation(surface.normal)
+        axis_source, elongation = "camera", None
+        if part is not None:
+            axis = self._part_axis(part, u, v, depth_m, camera)
+            if axis is not None:
+                elongation = axis.elongation
+                along = grasp_rotation_along(surface.normal, axis.direction)
+                if self.axis_from_mask and axis.elongated(self.min_elongation) and along is not None:
+                    rotation, axis_source = along, "mask"
         if not all(np.all(np.isfinite(a)) for a in (point, surface.normal, rotation)):
             return LiftFailure(
                 f"the 3D point at ({u:.1f}, {v:.1f}) is not finite: check the camera_info (K, D) "
@@ -139,4 +231,19 @@ class GraspLifter:
             depth=float(point[2]),
             n_points=surface.n_points,
             residual=surface.residual,
+            pixel=(float(u), float(v)),
+            depth_source=reading.source,
+            axis_source=axis_source,
+            elongation=elongation,
         )
+
+    def _part_axis(
+        self, part: np.ndarray, u: float, v: float, depth_m: np.ndarray, camera: PinholeCamera
+    ) -> PartAxis | None:
+        """Principal axis of the mask's blob under (u, v) in 3D; None with fewer than ``min_points``."""
+        blob = mask_component(part, int(round(u)), int(round(v)))
+        pts = mask_points(depth_m, camera, blob, min_depth=self.min_depth, max_depth=self.max_depth)
+        pts = pts[np.all(np.isfinite(pts), axis=1)]
+        if pts.shape[0] < max(self.min_points, 3):
+            return None
+        return principal_axis(pts)

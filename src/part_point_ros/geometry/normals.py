@@ -19,15 +19,19 @@ def local_points(
     radius_px: int,
     depth_center: float,
     depth_band: float,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """3D points (N, 3), optical frame, of the pixels within ``radius_px`` of (u, v) whose depth is
-    within ``depth_band`` metres of ``depth_center`` (keeps the part, drops the background)."""
+    within ``depth_band`` metres of ``depth_center`` (keeps the part, drops the background) and,
+    given a bool part ``mask`` (H, W), that lie in it (drops a neighbouring part at the same depth)."""
     h, w = depth_m.shape[:2]
     col, row = int(round(u)), int(round(v))
     r0, r1 = max(row - radius_px, 0), min(row + radius_px + 1, h)
     c0, c1 = max(col - radius_px, 0), min(col + radius_px + 1, w)
     patch = depth_m[r0:r1, c0:c1]
     keep = np.isfinite(patch) & (np.abs(patch - depth_center) <= depth_band)
+    if mask is not None:
+        keep &= mask[r0:r1, c0:c1]
     rows, cols = np.nonzero(keep)
     uv = np.column_stack([cols + c0, rows + r0]).astype(np.float64)  # (N, 2) pixel centres
     return camera.deproject(uv, patch[rows, cols])
