@@ -83,7 +83,9 @@ def test_delete_and_unknown_names(tmp_path, extractor):
     assert "no set is stored yet" in one_line(err)
 
 
-@pytest.mark.parametrize("name", ["", "../up", "a/b", ".hidden", "x" * 65, "sp ace", "naïve", 3, None])
+@pytest.mark.parametrize(
+    "name", ["", "../up", "a/b", ".hidden", "x" * 65, "two  spaces", " lead", "trail ", "naïve", 3, None]
+)
 def test_bad_names(tmp_path, extractor, name):
     store = SupportStore(tmp_path)
     with pytest.raises(InputError) as err:
@@ -95,7 +97,7 @@ def test_bad_names(tmp_path, extractor, name):
 
 
 def test_good_names():
-    for name in ("a", "mug_handle", "Kettle-spout.v2", "9" * 64):
+    for name in ("a", "mug_handle", "Kettle-spout.v2", "9" * 64, "drill grip", "the handle of the mug"):
         assert check_name(name) == name
 
 

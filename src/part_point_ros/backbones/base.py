@@ -26,7 +26,16 @@ class Capture:
     """Q/K/V of the selected heads from one prefill of one (image, prompt) pair.
 
     ``k`` is the number of selected heads, ``S`` the sequence length of the prompt, ``d`` the head
-    size. Tensors are float32 on the CPU unless ``to()`` moved them.
+    size. Tensors are float32 on the CPU unless ``to()`` moved them. Key ``j`` is the token at sequence
+    position ``j``; query row ``i`` the token at ``text_positions[i]``.
+
+    The model's own softmax of a head (``model_attention``): logits ``q·k * scaling``, soft-capped to
+    ``softcap * tanh(logits / softcap)`` where the head's layer does so (Gemma 2), over the keys its
+    query may see: the causal prefix, cut to the last ``window`` positions on a sliding-window layer
+    (Gemma 2/3: the query at position p sees keys j with ``p - window < j <= p``). ``windows`` and
+    ``softcaps`` are what the layer passed to its attention function (empty: none on any head). The
+    query rows are text tokens after the image, so an image's bidirectional block (Gemma 3) never
+    applies to them.
     """
 
     heads: tuple[HeadRef, ...]
@@ -35,8 +44,10 @@ class Capture:
     values: torch.Tensor  # (k, S, d) values of every position
     image_positions: torch.Tensor  # (P,) long: sequence index of each image token, grid row-major
     text_positions: torch.Tensor  # (L,) long: sequence index of each text query row; last = last token
-    scaling: float  # softmax scale the model uses (1 / sqrt(d) for the supported families)
+    scaling: float  # softmax scale the model uses (1 / sqrt(d); Gemma: query_pre_attn_scalar ** -0.5)
     grid: ImageGrid
+    windows: tuple[int | None, ...] = ()  # per head: sliding window of its layer (None: whole prefix)
+    softcaps: tuple[float | None, ...] = ()  # per head: attention-logit soft-cap of its layer (None: none)
 
     @property
     def image_keys(self) -> torch.Tensor:
@@ -48,16 +59,55 @@ class Capture:
         """(k, P, d) values of the image tokens."""
         return self.values[:, self.image_positions]
 
+    def visible_keys(self, positions: torch.Tensor) -> torch.Tensor:
+        """(k, R, S) bool: the keys a query at each sequence position of ``positions`` (R,) sees in the
+        model's softmax (causal, and within its head's sliding window)."""
+        pos = positions.to(self.keys.device)[:, None]  # (R, 1)
+        j = torch.arange(self.keys.shape[1], device=self.keys.device)[None]  # (1, S)
+        causal = j <= pos  # (R, S)
+        masks = [causal & (pos - j < w) if w is not None else causal for w in self._per_head(self.windows)]
+        return torch.stack(masks)  # k x (R, S) -> (k, R, S)
+
+    def attention_logits(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(k, R, S) the logits the model's softmax takes for query rows ``rows`` (indices into
+        ``text_positions``; None: all): scaled, soft-capped, -inf on the keys a row does not see."""
+        rows = torch.arange(self.queries.shape[1]) if rows is None else rows
+        q = self.queries[:, rows.to(self.queries.device)].float()  # (k, R, d)
+        logits = torch.einsum("krd,ksd->krs", q, self.keys.float()) * self.scaling  # (k, R, S)
+        caps = self._per_head(self.softcaps)
+        if any(c is not None for c in caps):  # the layer's soft-cap comes before its mask, as in eager
+            logits = torch.stack(
+                [lg if c is None else c * torch.tanh(lg / c) for lg, c in zip(logits, caps, strict=True)]
+            )
+        visible = self.visible_keys(self.text_positions[rows.to(self.text_positions.device)])
+        return logits.masked_fill(~visible, float("-inf"))
+
+    def model_attention(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(k, R, S) attention probabilities of query rows ``rows`` (indices into ``text_positions``;
+        None: all) over every position, as the model's own softmax computes them."""
+        return self.attention_logits(rows).softmax(dim=-1)
+
     def last_token_attention(self) -> torch.Tensor:
         """(k, P) the last input token's attention probabilities over the image tokens.
 
-        Softmax over every position the last token attends to (the whole causal prefix), then the
-        image columns: this is the row the model itself computes.
+        Softmax over every position the last token attends to (the whole causal prefix, or its
+        window on a sliding-window layer), then the image columns: the row the model itself computes.
         """
-        q = self.queries[:, -1]  # (k, d)
-        logits = torch.einsum("kd,ksd->ks", q.float(), self.keys.float()) * self.scaling  # (k, S)
-        probs = logits.softmax(dim=-1)
-        return probs[:, self.image_positions]
+        if not any(w is not None for w in self.windows) and not any(c is not None for c in self.softcaps):
+            # the common case: the last token sees every key, no soft-cap
+            q = self.queries[:, -1]  # (k, d)
+            logits = torch.einsum("kd,ksd->ks", q.float(), self.keys.float()) * self.scaling  # (k, S)
+            return logits.softmax(dim=-1)[:, self.image_positions]
+        last = torch.tensor([self.queries.shape[1] - 1])
+        return self.model_attention(last)[:, 0, self.image_positions]  # (k, 1, S) -> (k, P)
+
+    def _per_head(self, values: tuple) -> tuple:
+        """A per-head tuple, or k Nones for an empty one."""
+        if not values:
+            return (None,) * len(self.heads)
+        if len(values) != len(self.heads):
+            raise ValueError(f"{len(values)} per-head values for {len(self.heads)} heads")
+        return values
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Capture:
         def mv(t: torch.Tensor) -> torch.Tensor:
@@ -72,6 +122,8 @@ class Capture:
             text_positions=self.text_positions.to(device),
             scaling=self.scaling,
             grid=self.grid,
+            windows=self.windows,
+            softcaps=self.softcaps,
         )
 
 
@@ -116,12 +168,19 @@ class BackboneAdapter(ABC):
         max_layer: int | None = None,
         attn_implementation: str = "sdpa",
         allow_pickle: bool = False,
+        crop: bool = False,
+        lm_head: bool = True,
     ) -> BackboneAdapter:
         """Load model + processor with the real ``from_pretrained`` (hub id or local directory).
 
         ``max_layer``: load only decoder layers ``0..max_layer`` (the deepest one a method needs).
         ``allow_pickle``: also read pickled weights (``pytorch_model.bin``); UNSAFE, off by default:
         only safetensors are read, and weights that cannot be read raise ``CheckpointError``.
+        ``crop``: let the processor crop the frame as the checkpoint ships it (LLaVA-1.5: centre crop);
+        default False: the whole frame reaches the model (``field_of_view``); families whose processor
+        never crops ignore it.
+        ``lm_head``: False does not build nor read the language-model head: captures (a2p, attention)
+        never use it; generation (text pointing) then raises one ``InputError`` line.
         """
 
     @abstractmethod
@@ -192,6 +251,11 @@ class BackboneAdapter(ABC):
     def generate(self, image: np.ndarray, instruction: str, *, max_new_tokens: int = 64) -> str:
         """Greedy generation of an answer (used by the text-pointing baseline only)."""
         return self.generate_with_grid(image, instruction, max_new_tokens=max_new_tokens)[0]
+
+    def field_of_view(self, image_size: tuple[int, int]) -> str | None:
+        """None when every pixel of a frame of ``image_size`` (width, height) reaches the model; else one
+        sentence: what fraction the processor cuts, and how to change that. Default: nothing is cut."""
+        return None
 
     @property
     def pointing_format(self) -> str:

@@ -13,6 +13,15 @@ private exception ends the forward so later layers never run.
 With a KV cache (image-prefix reuse, ``backbones/prefix.py``) the wrapper sees ``key``/``value``
 of the cached prefix and the new tokens, ``query`` of the new tokens only; a batch of right-padded
 suffixes is recorded row by row (``capture_qkv_batch``).
+
+What the model's softmax does besides ``q·k * scaling`` is recorded too, from the same call: the
+``sliding_window`` (Gemma 2/3 sliding layers: the query at position p sees keys p - window < j <= p,
+``masking_utils.sliding_window_overlay``) and the ``softcap`` (Gemma 2: ``cap * tanh(logits / cap)``
+before the mask) each layer passes to its attention function, so that ``Capture`` recomputes the
+model's own probabilities. Both come from the call, not the config: Gemma 3 has a config field
+``attn_logit_softcapping`` its attention never applies. Where the call carries a mask tensor (eager,
+and sdpa when the mask is not plain causal), the recorded query rows' mask is checked against causal +
+window, so a model whose softmax sees other keys fails loudly instead of being recomputed wrongly.
 """
 
 from __future__ import annotations
@@ -48,11 +57,22 @@ class _Recorder:
         default_factory=dict
     )
     scalings: set[float] = field(default_factory=set)
+    softmax: dict[int, tuple[int | None, float | None]] = field(default_factory=dict)  # layer -> window, cap
 
-    def record(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling):
+    def record(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: Any,
+        kwargs: dict[str, Any],
+    ) -> None:
         layer, heads = self.targets[module]
         groups = query.shape[1] // key.shape[1]  # query heads per KV head (GQA)
         rows = [r.to(query.device) for r in self.query_rows]
+        window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
+        _check_mask(layer, attention_mask, window, rows, self.key_lengths, query.shape[2], key.shape[2])
         for h in heads:
             kv = h // groups
             self.records[(layer, h)] = [
@@ -63,7 +83,41 @@ class _Recorder:
                 )
                 for b, n in enumerate(self.key_lengths)
             ]
-        self.scalings.add(float(scaling))
+        self.scalings.add(float(kwargs.get("scaling", module.scaling)))
+        self.softmax[layer] = (
+            None if window is None else int(window),
+            None if softcap is None else float(softcap),
+        )
+
+
+def _check_mask(
+    layer: int,
+    mask: Any,
+    window: int | None,
+    rows: Sequence[torch.Tensor],
+    key_lengths: Sequence[int | None],
+    n_queries: int,
+    n_keys: int,
+) -> None:
+    """Raise if the mask the attention function got lets a recorded query row see other keys than
+    causal + ``window`` (the rule ``Capture`` recomputes with). No tensor (plain causal: sdpa's
+    ``is_causal``, flash attention's ``sliding_window``): nothing to check."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 4:
+        return
+    offset = n_keys - n_queries  # with a KV cache, query i is the token at key position offset + i
+    for b, (r, n) in enumerate(zip(rows, key_lengths, strict=True)):
+        n = n_keys if n is None else n
+        got = mask[min(b, mask.shape[0] - 1), 0].index_select(0, r)[:, :n]  # (Q, K) -> (L_b, n)
+        got = got if got.dtype == torch.bool else got == 0  # eager: 0 where seen, dtype min elsewhere
+        pos = (r + offset)[:, None]  # (L_b, 1) sequence position of each recorded query row
+        j = torch.arange(n, device=r.device)[None]  # (1, n)
+        want = (j <= pos) & ((pos - j < window) if window is not None else True)
+        if not torch.equal(got.to(want.device), want):
+            raise RuntimeError(
+                f"layer {layer}: the model's attention mask lets the captured query rows see other keys "
+                f"than causal{f' + sliding window {window}' if window else ''}; Capture cannot recompute "
+                "this model's attention"
+            )
 
 
 _ACTIVE: ContextVar[_Recorder | None] = ContextVar("part_point_capture_recorder", default=None)
@@ -81,7 +135,7 @@ def _make_capture_function(base: str) -> Callable[..., Any]:
     def capture_attention(module, query, key, value, attention_mask, **kwargs):
         recorder = _ACTIVE.get()
         if recorder is not None and module in recorder.targets:
-            recorder.record(module, query, key, value, kwargs.get("scaling", module.scaling))
+            recorder.record(module, query, key, value, attention_mask, kwargs)
             if module is recorder.stop_module:
                 raise _StopPrefill
         return _base_function(base, module)(module, query, key, value, attention_mask, **kwargs)
@@ -129,6 +183,8 @@ class CapturedQKV:
     keys: torch.Tensor  # (k, S, d)
     values: torch.Tensor  # (k, S, d)
     scaling: float
+    windows: tuple[int | None, ...] = ()  # per head: the sliding window its layer's softmax used
+    softcaps: tuple[float | None, ...] = ()  # per head: the logit soft-cap its layer applied
 
 
 def capture_qkv(
@@ -189,8 +245,20 @@ def capture_qkv_batch(
     def stack(b: int, i: int) -> torch.Tensor:
         return torch.stack([recorder.records[(r.layer, r.head)][b][i] for r in heads]).float().cpu()
 
+    # per head; () where no head has one (the common case: a plain causal softmax)
+    windows = tuple(recorder.softmax[r.layer][0] for r in heads)
+    windows = windows if any(w is not None for w in windows) else ()
+    softcaps = tuple(recorder.softmax[r.layer][1] for r in heads)
+    softcaps = softcaps if any(c is not None for c in softcaps) else ()
     return [
-        CapturedQKV(queries=stack(b, 0), keys=stack(b, 1), values=stack(b, 2), scaling=scaling)
+        CapturedQKV(
+            queries=stack(b, 0),
+            keys=stack(b, 1),
+            values=stack(b, 2),
+            scaling=scaling,
+            windows=windows,
+            softcaps=softcaps,
+        )
         for b in range(len(query_rows))
     ]
 

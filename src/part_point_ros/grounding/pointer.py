@@ -1,7 +1,8 @@
 """``PartPointer``: the inference facade over a frozen backbone and one pointing method.
 
 The methods live in ``grounding/methods/``, one file each (``a2p``: the trained Q-Synth + A2P
-head; ``attention``: Kang et al.'s attention pointing; ``text``: the backbone writes the point).
+head; ``attention``: Kang et al.'s attention pointing; ``text``: the backbone writes the point;
+``pop``: attention fused with dense-feature matches to a few taught examples, ``teach``).
 The facade loads the backbone (only as deep as the method reads), checks every input, keeps the
 latest frame's image prefix, runs the method and sets ``found = score >= threshold``.
 
@@ -41,12 +42,13 @@ from part_point_ros.grounding.localization_heads import HeadsFile, known_heads_n
 from part_point_ros.grounding.methods.a2p import A2PMethod
 from part_point_ros.grounding.methods.attention import AttentionMethod
 from part_point_ros.grounding.methods.base import PeakOptions, PointingMethod
+from part_point_ros.grounding.methods.pop import PopMethod, PopOptions
 from part_point_ros.grounding.methods.text import TextMethod
 from part_point_ros.grounding.result import PointResult
 from part_point_ros.types import HeadRef
 
 POINTING_METHODS: dict[str, type[PointingMethod]] = {
-    m.name: m for m in (A2PMethod, AttentionMethod, TextMethod)
+    m.name: m for m in (A2PMethod, AttentionMethod, TextMethod, PopMethod)
 }
 METHODS = tuple(POINTING_METHODS)
 DEFAULT_THRESHOLDS = {name: m.default_threshold for name, m in POINTING_METHODS.items()}
@@ -120,6 +122,37 @@ def _check_heads_fit(heads: Sequence[HeadRef], info: BackboneInfo, what: str) ->
             )
 
 
+def _pop_options(
+    adapter: BackboneAdapter,
+    extractor: str,
+    model: str | None,
+    support: str | None,
+    root: str | Path | None,
+    device: str,
+) -> dict[str, Any]:
+    """``__init__``'s POP options: the extractor (the backbone's own LLaVA tower shared when asked
+    for without a model), the store and, when ``support`` names one, that set."""
+    from part_point_ros.grounding.features import LlavaTowerExtractor, load_extractor
+    from part_point_ros.grounding.supports import SupportStore
+
+    if extractor == LlavaTowerExtractor.name and model is None:
+        if adapter.family != "llava":
+            raise InputError(
+                f"extractor {extractor!r} without a model shares the backbone's LLaVA vision tower, but "
+                f"{adapter.info.name!r} is a {adapter.family!r} model: use --extractor dinov3"
+            )
+        dense = LlavaTowerExtractor.from_model(
+            adapter.model, adapter.processor.image_processor, adapter.info.name
+        )
+    else:
+        dense = load_extractor(extractor, model, device=device)
+    store = SupportStore(root)
+    options: dict[str, Any] = {"extractor": dense, "support_store": store}
+    if support is not None:
+        options["supports"] = store.load(support, dense)
+    return options
+
+
 def _info_from_dict(data: dict[str, Any]) -> BackboneInfo | None:
     try:
         return BackboneInfo(**{f: data[f] for f in BackboneInfo.__dataclass_fields__})
@@ -151,6 +184,9 @@ class PartPointer:
         reuse_prefix: bool = True,
         batch_queries: bool = True,
         max_batch: int = 8,
+        extractor: Any = None,
+        supports: Any = None,
+        support_store: Any = None,
     ) -> None:
         """Use ``from_pretrained`` unless you already hold a backbone adapter (and head).
 
@@ -165,14 +201,33 @@ class PartPointer:
         (right-padded; faster on the CPU, ``part-point bench``); False: one forward per query.
         ``max_batch``: at most this many queries per forward (each row of a batch holds its own copy of
         the prefix's KV cache, ~150 MB for a 600-token prefix through 15 layers of a 7B model in bf16).
+        ``pop``: ``extractor`` (a ``features.DenseFeatureExtractor``), ``supports`` (one ``SupportSet``
+        for every query, or a mapping query -> set; default: every set of ``support_store``, by name,
+        read again when taught) and ``support_store`` (a ``SupportStore``; default its default root).
         """
         if method not in METHODS:
             raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
         self.backbone = backbone
         subpixel = (method == "a2p") if subpixel is None else bool(subpixel)
         self.peaks = PeakOptions(subpixel, max_points, nms_radius, points_rel_threshold)
+        if method == "pop":
+            from part_point_ros.grounding.supports import StoreSupports, SupportStore
+
+            self.support_store = support_store if support_store is not None else SupportStore()
+            if extractor is None:
+                raise CheckpointError(
+                    "method 'pop' needs a dense feature extractor (extractor=..., --extractor)"
+                )
+            supports = supports if supports is not None else StoreSupports(self.support_store, extractor)
         self.pointing = self._make_method(
-            method, head, heads, batch_queries, prompt_mode=prompt_mode, max_new_tokens=max_new_tokens
+            method,
+            head,
+            heads,
+            batch_queries,
+            prompt_mode=prompt_mode,
+            max_new_tokens=max_new_tokens,
+            extractor=extractor,
+            supports=supports,
         )
         self.method = method
         self.head = head
@@ -203,7 +258,15 @@ class PartPointer:
         self.peaks.subpixel = bool(value)
 
     def _make_method(
-        self, method: str, head: Any, heads: Sequence[HeadRef] | None, batch: bool, **text: Any
+        self,
+        method: str,
+        head: Any,
+        heads: Sequence[HeadRef] | None,
+        batch: bool,
+        *,
+        extractor: Any,
+        supports: Any,
+        **text: Any,
     ) -> PointingMethod:
         if method == "a2p":
             if head is None:
@@ -216,6 +279,13 @@ class PartPointer:
                     "of part_point_node, heads=... in Python)"
                 )
             return AttentionMethod(heads, self.peaks)
+        if method == "pop":
+            if not heads:
+                raise CheckpointError(
+                    "method 'pop' needs localization heads (`--heads FILE`, the `heads_file` parameter of "
+                    "part_point_node, heads=... in Python)"
+                )
+            return PopMethod(heads, self.peaks, extractor, supports)
         return TextMethod(self.backbone, **text)
 
     def _check_head(self, head: Any) -> None:
@@ -244,6 +314,10 @@ class PartPointer:
         k: int = 5,
         attn_implementation: str = "sdpa",
         allow_pickle: bool = False,
+        extractor: str = "dinov3",
+        extractor_model: str | None = None,
+        support: str | None = None,
+        support_root: str | Path | None = None,
         **options: Any,
     ) -> PartPointer:
         """Load the backbone (hub id or directory) and, for ``a2p``, the head directory.
@@ -251,7 +325,11 @@ class PartPointer:
         ``a2p``: ``backbone`` defaults to the one named in the head's config; the backbone is loaded
         only up to the head's deepest layer. ``attention``: ``heads`` is a heads file, a shipped
         name, or a list of (layer, head); default: the shipped heads for a known backbone; the top
-        ``k`` are used. ``text``: the whole backbone is loaded. ``options`` go to ``__init__``.
+        ``k`` are used. ``text``: the whole backbone is loaded. ``pop``: heads as for attention (POP
+        fuses the top 3), the dense ``extractor`` ("dinov3": ``extractor_model`` or DINOv3 ViT-S/16;
+        "llava-tower": the LLaVA backbone's own vision tower, shared, or ``extractor_model``'s), and
+        the support sets of ``support_root`` (default: the user's data dir): the set named
+        ``support`` for every query, else the set named like each query. ``options`` go to ``__init__``.
         Backbone weights are read from safetensors only; ``allow_pickle=True`` also accepts pickled
         ``pytorch_model.bin`` files, which is UNSAFE: unpickling can run code from the file.
         """
@@ -276,11 +354,11 @@ class PartPointer:
             load["max_layer"] = max(layer for layer, _ in head_module.config.heads)
         elif backbone is None:
             raise InputError(f"method {method!r} needs a backbone (hub id or directory)")
-        if method == "attention":
+        if method in ("attention", "pop"):
             head_refs, _ = _resolve_heads(heads, str(backbone))
             if k < 1:
                 raise InputError(f"k must be >= 1, got {k}")
-            head_refs = head_refs[:k]
+            head_refs = head_refs[: min(k, PopOptions().text_heads) if method == "pop" else k]
             load["max_layer"] = max(ref.layer for ref in head_refs)
         try:
             adapter = _load_backbone(str(backbone), **load)
@@ -292,6 +370,8 @@ class PartPointer:
                 f"{what} need layer {load['max_layer']}, which backbone {str(backbone)!r} does not have: "
                 "they were made for another backbone"
             ) from err
+        if method == "pop":
+            options.update(_pop_options(adapter, extractor, extractor_model, support, support_root, device))
         return cls(backbone=adapter, method=method, head=head_module, heads=head_refs, **options)
 
     # ------------------------------------------------------------------------------ inference
@@ -333,6 +413,21 @@ class PartPointer:
             result.latency_ms = latency_ms
             result.found = bool(result.score >= self.threshold) and math.isfinite(result.x)
         return results
+
+    def teach(self, name: str, image: np.ndarray, point: tuple[float, float]) -> Any:
+        """Method ``pop``: add ``image`` with the part at ``point`` (u, v, original pixels) to the support
+        set ``name`` (created if new) in the pointer's store; the next query ``name`` uses it.
+        Returns the ``SupportSet``."""
+        if self.method != "pop":
+            raise InputError(f"teach needs method 'pop' (this pointer runs {self.method!r})")
+        image = check_image(
+            image,
+            allow_grey=self.allow_grey,
+            max_image_pixels=self.max_image_pixels,
+            max_aspect_ratio=self.max_aspect_ratio,
+        )
+        with torch.inference_mode():
+            return self.pointing.teach(self.support_store, name, image, point)
 
     def _sync(self) -> None:
         if self.backbone.device.type == "cuda":

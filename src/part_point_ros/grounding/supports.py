@@ -28,6 +28,7 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +43,8 @@ from part_point_ros.grounding.inputs import check_image
 from part_point_ros.types import ImageGrid
 
 FORMAT = 1
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# a name is also a query ("drill grip"): words of letters, digits, '.', '_', '-' and single spaces
+NAME_PATTERN = re.compile(r"(?=.{1,64}$)[A-Za-z0-9][A-Za-z0-9._-]*(?: [A-Za-z0-9._-]+)*")
 ENV_ROOT = "PART_POINT_SUPPORTS"
 
 
@@ -59,8 +61,8 @@ def check_name(name: object) -> str:
     """``name`` if it is a valid support-set name, else one ``InputError`` line."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise InputError(
-            f"bad support-set name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit (e.g. mug_handle)"
+            f"bad support-set name {name!r}: use 1-64 letters, digits, '.', '_', '-' and single spaces, "
+            "starting with a letter or digit (e.g. mug_handle, drill grip)"
         )
     return name
 
@@ -350,3 +352,37 @@ class SupportStore:
                 raise self._unknown(name)
             meta_path.unlink()
             tensor_path.unlink(missing_ok=True)
+
+
+class StoreSupports(Mapping[str, SupportSet]):
+    """Every support set of a store, by name, read again when its file changes: a set taught by
+    another process (``part-point teach``, the ROS node) is used by the next request."""
+
+    def __init__(self, store: SupportStore, extractor: DenseFeatureExtractor | None = None) -> None:
+        self.store = store
+        self.extractor = extractor
+        self._cache: dict[str, tuple[float, SupportSet]] = {}
+
+    def _sets(self) -> dict[str, SupportSet]:
+        sets = {}
+        for name in self.store.list():
+            meta, _ = self.store._paths(name)
+            try:
+                stamp = meta.stat().st_mtime_ns
+            except FileNotFoundError:  # deleted since list()
+                continue
+            cached = self._cache.get(name)
+            if cached is None or cached[0] != stamp:
+                cached = (stamp, self.store.load(name, self.extractor))
+                self._cache[name] = cached
+            sets[name] = cached[1]
+        return sets
+
+    def __getitem__(self, name: str) -> SupportSet:
+        return self._sets()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sets())
+
+    def __len__(self) -> int:
+        return len(self.store.list())

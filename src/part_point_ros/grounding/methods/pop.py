@@ -59,7 +59,7 @@ from part_point_ros.grounding.methods.base import (
     find_peaks,
 )
 from part_point_ros.grounding.result import PointResult
-from part_point_ros.grounding.supports import Support, SupportSet
+from part_point_ros.grounding.supports import StoreSupports, Support, SupportSet, SupportStore
 from part_point_ros.types import HeadRef, ImageGrid
 
 
@@ -259,7 +259,7 @@ class PopMethod(PointingMethod):
         self.peaks = peaks
         self.extractor = extractor
         sets = [supports] if isinstance(supports, SupportSet) else list(supports.values())
-        if not sets:
+        if not sets and not isinstance(supports, StoreSupports):  # a store may be taught later
             raise InputError("method 'pop' needs a support set (SupportStore.teach, then load)")
         for support_set in sets:
             support_set.check_extractor(extractor)
@@ -277,10 +277,17 @@ class PopMethod(PointingMethod):
         folded = {key.strip().lower(): value for key, value in self.supports.items()}
         if query.strip().lower() in folded:
             return folded[query.strip().lower()]
+        taught = ", ".join(sorted(self.supports)) or "none yet"
         raise InputError(
-            f"no support set for query {query!r}; the queries with supports are: "
-            f"{', '.join(sorted(self.supports))}"
+            f"no support set for query {query!r} (taught: {taught}): teach it first (part-point teach, "
+            "the /teach_part service, or RViz's Publish Point tool), or ask for a taught name"
         )
+
+    def teach(
+        self, store: SupportStore, name: str, image: np.ndarray, point: tuple[float, float]
+    ) -> SupportSet:
+        """Add one support (``point`` in original pixels of ``image``) to the set ``name`` of ``store``."""
+        return store.teach(name, image, point, self.extractor)
 
     def point_many(self, image: np.ndarray, queries: Sequence[str], captures: CaptureFn) -> list[PointResult]:
         sets = [self.supports_for(q) for q in queries]  # unknown queries fail before any forward

@@ -1,0 +1,72 @@
+"""PartPointer with method "pop" (issue #14): teach a part by example, then point at it.
+
+The shipped tiny-tabletop LLaVA is the MLLM and, through its own vision tower, the dense extractor
+(``extractor="llava-tower"``): the extractor available here; DINOv3 is the one for real use
+(tests/test_grounding_pop.py covers it on a tiny random DINOv3 checkpoint).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from part_point_ros.errors import InputError
+from part_point_ros.grounding import PartPointer
+from part_point_ros.sim import render_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKBONE = str(ROOT / "models" / "tiny-tabletop-llava")
+HEADS = str(ROOT / "models" / "tiny-tabletop-heads.json")
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return render_scene(3, width=160, height=120).rgb
+
+
+def pop_pointer(root, **options):
+    return PartPointer.from_pretrained(
+        BACKBONE, method="pop", heads=HEADS, extractor="llava-tower", support_root=root, **options
+    )
+
+
+def test_pop_points_at_the_taught_place_and_names_untaught_queries(tmp_path, scene):
+    pointer = pop_pointer(tmp_path)
+    assert len(pointer.heads) == 3  # POP fuses the top 3 localization heads
+    with pytest.raises(InputError, match=r"no support set for query 'the grip' \(taught: none yet\)"):
+        pointer.point(scene, "the grip")
+    u, v = 100.0, 60.0
+    taught = pointer.teach("the grip", scene, (u, v))
+    assert taught.name == "the grip" and len(taught) == 1
+    assert (tmp_path / "the grip.json").is_file()
+    result = pointer.point(scene, "the grip")  # the taught frame itself: the support cell matches best
+    assert result.method == "pop" and result.found and np.isfinite(result.score)
+    cell = 160 / result.grid.cols  # original pixels per feature cell (the tower's grid)
+    assert abs(result.x - u) <= 1.5 * cell and abs(result.y - v) <= 1.5 * cell, (result.x, result.y)
+    # a second example of the same name extends the set; the next request uses it
+    pointer.teach("the grip", np.ascontiguousarray(scene[:, ::-1]), (160 - 1 - u, v))
+    assert len(pointer.pointing.supports_for("the grip")) == 2
+    described = pointer.describe()
+    assert described["method"] == "pop" and described["supports"] == {"the grip": 2}
+
+
+def test_a_named_support_set_serves_every_query_and_a_store_taught_elsewhere_is_seen(tmp_path, scene):
+    teacher = pop_pointer(tmp_path)
+    teacher.teach("mug handle", scene, (40.0, 70.0))
+    fixed = pop_pointer(tmp_path, support="mug handle")
+    assert fixed.point(scene, "anything at all").method == "pop"
+    live = pop_pointer(tmp_path)  # reads the store at each request
+    teacher.teach("knife blade", scene, (120.0, 30.0))
+    assert live.point(scene, "knife blade").found
+    with pytest.raises(InputError, match="no support set 'nope'"):
+        pop_pointer(tmp_path, support="nope")
+
+
+def test_teach_needs_method_pop(tmp_path, scene):
+    pointer = PartPointer.from_pretrained(BACKBONE, method="attention", heads=HEADS)
+    with pytest.raises(InputError, match="teach needs method 'pop'"):
+        pointer.teach("x", scene, (1.0, 1.0))
+    with pytest.raises(InputError, match="outside|inside"):
+        pop_pointer(tmp_path).teach("x", scene, (500.0, 1.0))
