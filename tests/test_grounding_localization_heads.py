@@ -115,3 +115,47 @@ def test_shipped_heads_files_and_loader(tmp_path):
         load_heads(bad)
     with pytest.raises(CheckpointError, match="select-heads"):
         load_heads(tmp_path / "missing.json")
+
+
+# POP's published lists (seantsai1105/POP, model/vlm_modules/vlm_selected_heads_files/), as shipped
+POP_INTERNVL3_8B = [(14, 8, 0.574), (19, 20, 0.549), (17, 24, 0.513), (12, 24, 0.471), (11, 24, 0.416)]
+POP_MOLMO_7B_D_HIGH = [(19, 23, 0.396), (19, 17, 0.343), (19, 22, 0.33), (16, 1, 0.317), (14, 15, 0.29)]
+POP_MOLMO_7B_D_LOW = [(16, 1, 0.455), (19, 15, 0.449), (19, 23, 0.445), (19, 17, 0.421), (19, 22, 0.418)]
+
+
+@pytest.mark.parametrize(
+    ("backbone", "name", "family", "expected"),
+    [
+        ("OpenGVLab/InternVL3-8B-hf", "internvl3-8b", "internvl", POP_INTERNVL3_8B),
+        ("OpenGVLab/InternVL3-8B", "internvl3-8b", "internvl", POP_INTERNVL3_8B),
+        ("allenai/Molmo-7B-D-0924", "molmo-7b-d", "molmo", POP_MOLMO_7B_D_HIGH),
+        ("molmo-7b-d-low-res", "molmo-7b-d-low-res", "molmo", POP_MOLMO_7B_D_LOW),
+    ],
+)
+def test_pop_heads_files_by_hub_id(backbone, name, family, expected):
+    assert known_heads_name(backbone) == name
+    hf = load_heads(backbone)
+    assert [(h.layer, h.head, f) for h, f in hf.heads[:5]] == expected
+    assert len(hf.heads) == hf.k == 10
+    assert hf.backbone["family"] == family
+    assert (hf.backbone["num_layers"], hf.backbone["num_heads"], hf.backbone["num_kv_heads"]) == (28, 28, 4)
+    assert all(0 <= h.layer < 28 and 0 <= h.head < 28 for h in hf.top())
+    assert "seantsai1105/POP" in hf.source and "vlm_selected_heads_files" in hf.source
+    frequencies = [f for _, f in hf.heads]
+    assert frequencies == sorted(frequencies, reverse=True)  # ranked as published
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        "allenai/Molmo2-8B",  # Molmo2 is not Molmo-7B-D: POP published no heads for it
+        "OpenGVLab/InternVL3_5-8B-HF",
+        "OpenGVLab/InternVL3-38B-hf",
+        "OpenGVLab/InternVL3-2B-hf",
+        "allenai/Molmo-7B-O-0924",
+    ],
+)
+def test_no_heads_file_for_other_checkpoints_of_the_families(backbone):
+    assert known_heads_name(backbone) is None
+    with pytest.raises(CheckpointError, match="select-heads"):
+        load_heads(backbone)

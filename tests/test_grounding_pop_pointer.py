@@ -70,3 +70,31 @@ def test_teach_needs_method_pop(tmp_path, scene):
         pointer.teach("x", scene, (1.0, 1.0))
     with pytest.raises(InputError, match="outside|inside"):
         pop_pointer(tmp_path).teach("x", scene, (500.0, 1.0))
+
+
+def test_cli_teach_list_point_and_delete(tmp_path, scene, capsys):
+    import cv2
+
+    from part_point_ros.cli.main import main
+
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), scene[..., ::-1])
+    roots = ["--support-root", str(tmp_path / "sets"), "--extractor", "llava-tower"]
+    assert main(["teach", "drill grip", str(image), "--point", "100,60", "--backbone", BACKBONE, *roots]) == 0
+    assert "taught 'drill grip': 1 example(s)" in capsys.readouterr().out
+    assert main(["teach", "--list", *roots]) == 0
+    assert capsys.readouterr().out.startswith("drill grip: 1 example(s), llava-tower:tiny-tabletop-llava")
+    argv = ["point", str(image), "drill grip", "--method", "pop", "--backbone", BACKBONE, "--heads", HEADS]
+    assert main([*argv, *roots, "--json"]) == 0
+    import json
+
+    answer = json.loads(capsys.readouterr().out)
+    same = pop_pointer(tmp_path / "sets").point(scene, "drill grip")  # what the Python API answers
+    assert answer["method"] == "pop" and (answer["x"], answer["y"]) == pytest.approx((same.x, same.y))
+    assert main(["teach", "drill grip", str(image), "--point", "100;60", *roots]) == 1
+    assert "write the pixel as U,V" in capsys.readouterr().err
+    assert main(["teach", "drill grip", "--delete", *roots]) == 0
+    assert main([*argv, *roots]) == 1  # nothing taught any more: one line saying so
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (a progress bar before: transformers is
+    # imported by the tests already, so the CLI cannot quiet it as it does when run on its own)
+    assert err.startswith("part-point: error: ") and "no support set for query 'drill grip'" in err

@@ -40,6 +40,19 @@ def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_pop_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--extractor",
+        default="dinov3",
+        choices=("dinov3", "llava-tower"),
+        help="pop: dense features; llava-tower = the LLaVA backbone's own vision tower (default dinov3)",
+    )
+    parser.add_argument("--extractor-model", help="pop: hub id or directory of the extractor's model")
+    parser.add_argument(
+        "--support-root", help="pop: support-set directory (default $PART_POINT_SUPPORTS or ~/.local/share)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from part_point_ros import __version__
 
@@ -56,8 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     point.add_argument("query", help='what to point at, e.g. "the handle of the mug"')
     point.add_argument("--backbone", help="hub id or directory of the MLLM (a2p: default from the head)")
     point.add_argument("--head", help="trained head directory (config.json + model.safetensors), for a2p")
-    point.add_argument("--method", default="a2p", choices=("a2p", "attention", "text"), help="default a2p")
-    point.add_argument("--heads", help="attention: heads JSON file or shipped name (default: known heads)")
+    point.add_argument(
+        "--method", default="a2p", choices=("a2p", "attention", "text", "pop"), help="default a2p"
+    )
+    point.add_argument(
+        "--heads", help="attention, pop: heads JSON file or shipped name (default: known heads)"
+    )
+    _add_pop_options(point)
+    point.add_argument(
+        "--support", help="pop: the support set for the query (default: the set named like the query)"
+    )
     point.add_argument("--k", type=int, default=5, help="attention: number of localization heads (default 5)")
     point.add_argument("--threshold", type=float, help="score needed for found=true (method default)")
     point.add_argument("--no-subpixel", action="store_true", help="skip the sub-pixel peak refinement")
@@ -103,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--exclude-layers", type=int, default=2, help="first layers excluded (default 2)")
     select.add_argument("--out", required=True, help="heads JSON file to write")
     _add_backbone_options(select)
+
+    teach = sub.add_parser("teach", help="pop: teach a part by example (an image and one pixel)")
+    teach.add_argument("name", nargs="?", help='support-set name = the query that uses it, e.g. "drill grip"')
+    teach.add_argument("image", nargs="?", help="path to an 8-bit RGB image showing the part")
+    teach.add_argument("--point", metavar="U,V", help="the part's pixel in the image (u right, v down)")
+    teach.add_argument("--list", action="store_true", help="list the support sets and exit")
+    teach.add_argument("--delete", action="store_true", help="delete the support set NAME")
+    teach.add_argument(
+        "--backbone", default=None, help="llava-tower: the LLaVA whose tower gives the features"
+    )
+    _add_pop_options(teach)
+    teach.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
     bench = sub.add_parser("bench", help="latency of each method and stage")
     bench.add_argument(
@@ -212,6 +245,7 @@ def cmd_point(args: argparse.Namespace) -> int:
         max_image_pixels=max_pixels,
         max_aspect_ratio=max_ratio,
         allow_pickle=args.allow_pickle_weights,
+        **_pop_kwargs(args),
     )
     result = pointer.point(image, query)
     if args.overlay:
@@ -225,6 +259,54 @@ def cmd_point(args: argparse.Namespace) -> int:
         )
         if result.text is not None:
             print(f"answer: {result.text!r}")
+    return 0
+
+
+def _pop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    if args.method != "pop":
+        return {}
+    return {
+        "extractor": args.extractor,
+        "extractor_model": args.extractor_model,
+        "support": args.support,
+        "support_root": args.support_root,
+    }
+
+
+def _parse_point(text: str | None) -> tuple[float, float]:
+    try:
+        u, v = (float(part) for part in (text or "").split(","))
+    except ValueError:
+        raise UserError(f"--point {text!r}: write the pixel as U,V, e.g. --point 212,131") from None
+    return u, v
+
+
+def cmd_teach(args: argparse.Namespace) -> int:
+    from part_point_ros.grounding.supports import SupportStore
+
+    store = SupportStore(args.support_root)
+    if args.list:
+        for name in store.list():
+            support_set = store.load(name)
+            print(f"{name}: {len(support_set)} example(s), {support_set.key}")
+        return 0
+    if not args.name:
+        raise UserError("teach needs a NAME (and an IMAGE with --point U,V), or --list")
+    if args.delete:
+        store.delete(args.name)
+        print(f"deleted {args.name!r} from {store.root}")
+        return 0
+    if not args.image or args.point is None:
+        raise UserError("teach needs NAME IMAGE --point U,V (the part's pixel in the image)")
+    from part_point_ros.grounding.features import LlavaTowerExtractor, load_extractor
+    from part_point_ros.grounding.inputs import read_image
+
+    point = _parse_point(args.point)
+    image = read_image(args.image)
+    model = args.extractor_model or (args.backbone if args.extractor == LlavaTowerExtractor.name else None)
+    extractor = load_extractor(args.extractor, model, device=args.device)
+    support_set = store.teach(args.name, image, point, extractor, image_path=str(Path(args.image).resolve()))
+    print(f"taught {args.name!r}: {len(support_set)} example(s) in {store.root} ({support_set.key})")
     return 0
 
 
@@ -350,6 +432,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "point": cmd_point,
     "select-heads": cmd_select_heads,
+    "teach": cmd_teach,
     "bench": cmd_bench,
     "bench-published": cmd_bench_published,
     "demo": cmd_demo,

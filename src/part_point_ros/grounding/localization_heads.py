@@ -33,7 +33,14 @@ from part_point_ros.errors import CheckpointError
 from part_point_ros.types import HeadRef
 
 BINARISE_THRESHOLD = 1e-3
-KNOWN_HEADS_FILES = {"llava-1.5-7b": "llava-1.5-7b.json", "qwen2.5-vl-7b": "qwen2.5-vl-7b.json"}
+# name -> shipped file; a backbone id containing the name gets the file (the longest name that fits)
+KNOWN_HEADS_FILES = {
+    "llava-1.5-7b": "llava-1.5-7b.json",
+    "qwen2.5-vl-7b": "qwen2.5-vl-7b.json",
+    "internvl3-8b": "internvl3-8b.json",  # OpenGVLab/InternVL3-8B(-hf)
+    "molmo-7b-d": "molmo-7b-d.json",  # allenai/Molmo-7B-D-0924: POP's high-resolution list (not Molmo2)
+    "molmo-7b-d-low-res": "molmo-7b-d-low-res.json",  # the same model's low-resolution list, by name only
+}
 
 
 # ----------------------------------------------------------------------------- pure maths
@@ -197,9 +204,10 @@ def _parse_heads_file(data: Any, where: str) -> HeadsFile:
 
 
 def known_heads_name(backbone_name: str) -> str | None:
-    """The shipped heads-file name matching a backbone id ("llava-hf/llava-1.5-7b-hf" -> "llava-1.5-7b")."""
+    """The shipped heads-file name matching a backbone id ("llava-hf/llava-1.5-7b-hf" -> "llava-1.5-7b");
+    the longest name wins ("molmo-7b-d-low-res" is not "molmo-7b-d")."""
     lowered = backbone_name.lower().replace("_", ".")
-    for name in KNOWN_HEADS_FILES:
+    for name in sorted(KNOWN_HEADS_FILES, key=len, reverse=True):
         if name in lowered:
             return name
     return None
