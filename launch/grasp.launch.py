@@ -177,7 +177,7 @@ def generate_launch_description():
             DeclareLaunchArgument(
                 "method",
                 default_value="",
-                description="pointing method a2p, attention or text; empty = as in params_file",
+                description="pointing method a2p, attention, text or pop; empty = as in params_file",
             ),
             DeclareLaunchArgument(
                 "device", default_value="", description="torch device (cpu, cuda); empty = as in params_file"

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backbone", help="MLLM hub id or directory (default: the one named in the head)")
     p.add_argument("--head", help="trained head directory")
-    p.add_argument("--method", choices=("a2p", "attention", "text"), help="pointing method")
+    p.add_argument("--method", choices=("a2p", "attention", "text", "pop"), help="pointing method")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="model dtype")
     p.add_argument(

@@ -245,11 +245,13 @@ class CameraBuffer:
         lifter: GraspLifter,
         tolerance: float,
         image_size: tuple[int, int] | None = None,
+        mask: np.ndarray | None = None,
     ) -> Lifted | str:
         """Pixel (u, v) of the colour image with ``header`` -> (point, normal) in its optical frame
         and the grasp pose in ``target_frame``, with the depth frame nearest its stamp; or why not.
 
-        ``image_size`` (width, height) of the colour image, when known, must be camera_info's."""
+        ``image_size`` (width, height) of the colour image, when known, must be camera_info's.
+        ``mask``: the part's mask (H, W) on the colour image, for the mask-based lift (GraspLifter)."""
         if not header.frame_id:
             return NO_FRAME_ID
         depth = self.depth_near(header.stamp, tolerance)
@@ -258,7 +260,9 @@ class CameraBuffer:
         frame = self.metric_depth(depth)
         if isinstance(frame, str):
             return frame
-        return self.lift_in(frame, header, u, v, target_frame, lifter=lifter, image_size=image_size)
+        return self.lift_in(
+            frame, header, u, v, target_frame, lifter=lifter, image_size=image_size, mask=mask
+        )
 
     def lift_in(
         self,
@@ -270,6 +274,7 @@ class CameraBuffer:
         *,
         lifter: GraspLifter,
         image_size: tuple[int, int] | None = None,
+        mask: np.ndarray | None = None,
     ) -> Lifted | str:
         """Pixel (u, v) of the image with ``header`` lifted with the depth ``frame`` (matched to it).
 
@@ -292,7 +297,7 @@ class CameraBuffer:
                 f"depth is in frame {frame.header.frame_id!r} but the image in {optical!r}: "
                 "use depth aligned to the colour image"
             )
-        result = lifter.lift(u, v, frame.depth_m, frame.camera)
+        result = lifter.lift(u, v, frame.depth_m, frame.camera, mask=mask)
         if not result.ok:
             return result.reason
         to_target = self.transform(target_frame, optical, header.stamp)

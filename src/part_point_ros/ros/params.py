@@ -80,11 +80,14 @@ PART_POINT_PARAMS: tuple[ParamSpec, ...] = (
         "backbone", "", "MLLM hub id or directory; empty = the one named in the head", configure_time=True
     ),
     ParamSpec("head", "", "trained head directory (or hub id); needed by method a2p", configure_time=True),
-    ParamSpec("method", "a2p", "pointing method", choices=("a2p", "attention", "text"), configure_time=True),
+    ParamSpec(
+        "method", "a2p", "pointing method", choices=("a2p", "attention", "text", "pop"), configure_time=True
+    ),
     ParamSpec(
         "heads_file",
         "",
-        "localization heads for method attention (file or shipped name); empty = shipped for the backbone",
+        "localization heads for methods attention and pop (file or shipped name); empty = shipped for the "
+        "backbone",
         configure_time=True,
     ),
     ParamSpec("device", "cpu", "torch device: cpu, cuda, cuda:1", configure_time=True),
@@ -145,6 +148,48 @@ PART_POINT_PARAMS: tuple[ParamSpec, ...] = (
         ints=(1, 256),
         configure_time=True,
     ),
+    # method pop: teaching by example (read on configure, except teach_name)
+    ParamSpec(
+        "extractor",
+        "dinov3",
+        "pop: dense features (llava-tower = the LLaVA backbone's own vision tower)",
+        choices=("dinov3", "llava-tower"),
+        configure_time=True,
+    ),
+    ParamSpec(
+        "extractor_model", "", "pop: extractor hub id or directory; empty = its default", configure_time=True
+    ),
+    ParamSpec(
+        "support_root",
+        "",
+        "pop: support-set directory; empty = $PART_POINT_SUPPORTS or ~/.local/share",
+        configure_time=True,
+    ),
+    ParamSpec(
+        "support",
+        "",
+        "pop: the support set for every query; empty = the set named like the query",
+        configure_time=True,
+    ),
+    ParamSpec("teach_service_name", "/teach_part", "name of the TeachPart service", configure_time=True),
+    ParamSpec(
+        "clicked_point_topic",
+        "/clicked_point",
+        "RViz Publish Point in (PointStamped, any TF frame): taught under teach_name; empty = off",
+        configure_time=True,
+    ),
+    ParamSpec("teach_name", "", "pop: name a clicked point teaches; empty = the last query asked"),
+    # LENS masks
+    ParamSpec(
+        "masks", False, "segment each found part with SAM from its keypoints (LENS)", configure_time=True
+    ),
+    ParamSpec(
+        "mask_model",
+        "",
+        "masks: SAM / SAM 2 hub id or directory; empty = facebook/sam-vit-base",
+        configure_time=True,
+    ),
+    ParamSpec("mask_topic", "/part_point/mask", "part mask out (mono8, image size)", configure_time=True),
     ParamSpec(
         "depth_buffer_size", 10, "depth frames kept for stamp matching", ints=(1, 300), configure_time=True
     ),
@@ -417,6 +462,9 @@ def sim_world_models(params_file: str | Path, arguments: Mapping[str, Any]) -> d
     if method == "a2p":
         return {"head": str(models / SIM_HEAD)}
     out = {"backbone": str(models / SIM_BACKBONE)}
-    if method == "attention" and not (named(arguments, "heads_file") or named(in_file, "heads_file")):
+    heads_named = named(arguments, "heads_file") or named(in_file, "heads_file")
+    if method in ("attention", "pop") and not heads_named:
         out["heads_file"] = str(models / SIM_HEADS_FILE)
+    if method == "pop" and not (named(arguments, "extractor") or named(in_file, "extractor")):
+        out["extractor"] = "llava-tower"  # the sim backbone's own tower: DINOv3 cannot be downloaded here
     return out

@@ -24,6 +24,13 @@ Services: /point_part (part_point_ros/srv/PointPart): one query; ``points`` hold
           /point_parts (part_point_ros/srv/PointParts): several queries on ONE frame, one PartPoint
           each, in order: the frame is prefilled once and the queries' suffixes run in one forward,
           and the pointer keeps that frame's prefix, so later requests on the same frame reuse it.
+          /teach_part (part_point_ros/srv/TeachPart), method pop: add an example (name, pixel, image or
+          the latest frame) to a support set; clicked_point_topic (RViz "Publish Point",
+          geometry_msgs/PointStamped in any TF frame) does the same: the point is projected into the
+          latest colour frame and taught under ``teach_name`` (empty: the last query asked).
+Masks:    with ``masks``, SAM (``mask_model``) segments each found part from its keypoints (LENS);
+          the mask of the first query goes out on ``mask_topic`` (mono8, image size) and the grasp
+          uses it (depth over mask ∩ window, x along an elongated part's principal axis).
 
 Concurrency: inference runs in ONE worker thread fed by a bounded queue (``queue_size``). The
 service callback is a coroutine in a reentrant callback group: it validates the request, queues a
@@ -64,7 +71,7 @@ from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PoseStamped, TransformStamped
+from geometry_msgs.msg import PointStamped, PoseStamped, TransformStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
@@ -92,7 +99,7 @@ from part_point_ros.ros.conversions import image_to_numpy, numpy_to_image, point
 from part_point_ros.ros.params import PART_POINT_PARAMS, check_changes, declare
 from part_point_ros.ros.qos import QOS_OVERRIDES, latched_qos, results_qos, sensor_qos, service_qos
 from part_point_ros.ros.spin import ros_context, run_main
-from part_point_ros.srv import PointPart, PointParts
+from part_point_ros.srv import PointPart, PointParts, TeachPart
 
 NODE_NAME = "part_point_node"
 COLOUR_ENCODINGS = ("rgb8", "bgr8")
@@ -199,6 +206,9 @@ class PartPointNode(LifecycleNode):
         self._subs: list[Any] = []
         self._service = None
         self._parts_service = None
+        self._teach_service = None
+        self._masker: Any = None
+        self._last_query = ""  # what a clicked point teaches when teach_name is empty
         self._extrinsics_sub = None
         self._diag_timer = None
 
@@ -216,7 +226,12 @@ class PartPointNode(LifecycleNode):
                 reason = (
                     f"{names} is read on configure: deactivate and clean up, set it, then configure again"
                 )
-        for name, service in (("service_name", self._service), ("parts_service_name", self._parts_service)):
+        services = (
+            ("service_name", self._service),
+            ("parts_service_name", self._parts_service),
+            ("teach_service_name", self._teach_service),
+        )
+        for name, service in services:
             if not reason and service is not None and name in changed:
                 reason = (
                     f"{name} cannot change once {service.service_name} exists: the service lives as long as "
@@ -245,9 +260,10 @@ class PartPointNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._pointer = self._load_pointer()
+            self._masker = self._load_masker()
             static = static_extrinsics(self._p)
         except Exception as err:  # noqa: BLE001 - every loading failure is a FAILURE with its reason
-            self._pointer = None
+            self._pointer = self._masker = None
             self.last_error = f"configure failed: {_one_line(err)}"
             self.get_logger().error(self.last_error)
             return TransitionCallbackReturn.FAILURE
@@ -269,6 +285,8 @@ class PartPointNode(LifecycleNode):
             "overlay": publisher(Image, self._p("overlay_topic"), latched_qos()),
             "diagnostics": publisher(DiagnosticArray, "/diagnostics", results_qos()),
         }
+        if self._masker is not None:
+            self._pubs["mask"] = publisher(Image, self._p("mask_topic"), latched_qos())
         if self._service is None:  # kept by cleanup: see the module docstring
             self._service = self.create_service(
                 PointPart,
@@ -281,6 +299,13 @@ class PartPointNode(LifecycleNode):
                 PointParts,
                 self._p("parts_service_name"),
                 self._on_point_parts,
+                qos_profile=_SERVICE_QOS,
+                callback_group=ReentrantCallbackGroup(),
+            )
+            self._teach_service = self.create_service(
+                TeachPart,
+                self._p("teach_service_name"),
+                self._on_teach_part,
                 qos_profile=_SERVICE_QOS,
                 callback_group=ReentrantCallbackGroup(),
             )
@@ -333,6 +358,17 @@ class PartPointNode(LifecycleNode):
                 event_callbacks=_NO_SUB_EVENTS,
             ),
         ]
+        if self._p("clicked_point_topic") and self._pointer is not None and self._pointer.method == "pop":
+            self._subs.append(
+                self.create_subscription(
+                    PointStamped,
+                    self._p("clicked_point_topic"),
+                    self._on_clicked_point,
+                    results_qos(),
+                    event_callbacks=_NO_SUB_EVENTS,
+                    callback_group=ReentrantCallbackGroup(),
+                )
+            )
         self._diag_timer = self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)
         with self._queue_lock:
             self._active = True
@@ -395,9 +431,33 @@ class PartPointNode(LifecycleNode):
             max_query_chars=self._p("max_query_chars"),
             max_image_pixels=self._p("max_image_pixels"),
             max_aspect_ratio=self._p("max_aspect_ratio"),
+            **self._pop_options(method),
         )
         pointer.threshold = self._threshold(method)
         return pointer
+
+    def _pop_options(self, method: str) -> dict[str, Any]:
+        if method != "pop":
+            return {}
+        return {
+            "extractor": self._p("extractor"),
+            "extractor_model": self._p("extractor_model") or None,
+            "support": self._p("support") or None,
+            "support_root": self._p("support_root") or None,
+        }
+
+    def _load_masker(self) -> Any:
+        """SAM for ``masks`` (None without): loaded on configure, like the pointer."""
+        if not self._p("masks"):
+            return None
+        from part_point_ros.grounding.masks import PartMasker
+
+        model, device = self._p("mask_model"), self._p("device")
+        return (
+            PartMasker.from_pretrained(model, device=device)
+            if model
+            else PartMasker.from_pretrained(device=device)
+        )
 
     def _stop_inputs(self, why: str) -> None:
         """Stop taking requests and answer the queued ones (``why``); the running one is answered
@@ -445,7 +505,7 @@ class PartPointNode(LifecycleNode):
         self._tf_listener = None
         with self.model_lock:
             device = self._p("device")
-            self._pointer = None
+            self._pointer = self._masker = None
         self._configured = False
         gc.collect()
         if device.startswith("cuda"):
@@ -457,6 +517,7 @@ class PartPointNode(LifecycleNode):
     def _on_command(self, msg: String) -> None:
         try:
             self._enqueue(self._make_job([msg.data], None, "", with_future=False))
+            self._last_query = msg.data.strip()
         except Exception as err:  # noqa: BLE001 - a bad command is dropped with a warning, never fatal
             self.stats.failed += 1
             why = str(err) if isinstance(err, (_Refused, InputError)) else f"internal error: {_one_line(err)}"
@@ -503,6 +564,7 @@ class PartPointNode(LifecycleNode):
         try:
             job = self._make_job(queries, request.image, request.target_frame, method=request.method)
             self._enqueue(job)
+            self._last_query = job.queries[-1]
         except Exception as err:  # noqa: BLE001 - a request that cannot be queued is answered why
             if isinstance(err, (_Refused, InputError)):
                 message = str(err)
@@ -611,6 +673,81 @@ class PartPointNode(LifecycleNode):
         """1 while the worker holds a job (waiting for the model or running it), else 0."""
         return self._in_flight
 
+    # ------------------------------------------------------------------ teaching (method pop)
+    def _on_teach_part(self, request, response):
+        """Add one example to a support set; answered at once (success false with the reason)."""
+        try:
+            if request.image.width > 0 and request.image.height > 0:
+                pointer = self._teaching_pointer()
+                check_image_size(
+                    request.image.width,
+                    request.image.height,
+                    max_image_pixels=pointer.max_image_pixels,
+                    max_aspect_ratio=pointer.max_aspect_ratio,
+                    what="the request's image",
+                )
+                rgb = _rgb(request.image, "the request's image")
+            else:
+                rgb = None
+            response.examples, response.message = self._teach(request.name, rgb, request.u, request.v)
+            response.success = True
+        except Exception as err:  # noqa: BLE001 - every request is answered, in one line
+            response.success = False
+            if isinstance(err, (_Refused, InputError, CheckpointError)):
+                response.message = str(err)
+            else:
+                response.message = f"internal error: {_one_line(err)}"
+                self.get_logger().error(response.message, throttle_duration_sec=1.0)
+        return response
+
+    def _teaching_pointer(self) -> Any:
+        pointer = self._pointer
+        if not self._active or pointer is None:
+            raise self._not_active()
+        if pointer.method != "pop":
+            raise _Refused(
+                f"teaching needs method 'pop': this node serves {pointer.method!r} (parameter method)"
+            )
+        return pointer
+
+    def _teach(self, name: str, rgb: np.ndarray | None, u: float, v: float) -> tuple[int, str]:
+        """Teach ``name`` the pixel (u, v) of ``rgb`` (None: the latest frame): (examples, message)."""
+        pointer = self._teaching_pointer()
+        if rgb is None:
+            rgb, _ = self._latest_frame()
+        with self.model_lock:  # the extractor runs on the model's device, one job at a time
+            support_set = pointer.teach(name.strip(), rgb, (float(u), float(v)))
+        message = f"taught {support_set.name!r} at ({u:.1f}, {v:.1f}): {len(support_set)} example(s)"
+        self.get_logger().info(message)
+        return len(support_set), message
+
+    def _on_clicked_point(self, msg: PointStamped) -> None:
+        """RViz "Publish Point": project the clicked 3D point into the latest colour frame and teach
+        it under ``teach_name`` (empty: the last query asked). Problems are one warning line."""
+        try:
+            name = self._p("teach_name").strip() or self._last_query
+            if not name:
+                raise _Refused("set the parameter teach_name, or ask a query first (its text names the set)")
+            frame = self.camera.synced_color(self._p("stamp_tolerance"))
+            camera = self.camera.camera
+            if frame is None or camera is None:
+                raise _Refused(f"no colour frame and camera_info on {self._p('image_topic')} yet")
+            optical = frame.header.frame_id
+            to_optical = self.camera.transform(optical, msg.header.frame_id, msg.header.stamp)
+            if isinstance(to_optical, str):
+                raise _Refused(to_optical)
+            p = to_optical.apply(np.array([msg.point.x, msg.point.y, msg.point.z], dtype=np.float64))
+            u, v = camera.project(p[None])[0]  # (1, 3) -> (2,); NaN behind the camera
+            if not (np.isfinite(u) and np.isfinite(v) and camera.contains(float(u), float(v))):
+                raise _Refused(
+                    f"the point ({msg.point.x:.3f}, {msg.point.y:.3f}, {msg.point.z:.3f}) in "
+                    f"{msg.header.frame_id!r} is not in the camera's view"
+                )
+            self._teach(name, _rgb(frame, f"the image on {self._p('image_topic')}"), float(u), float(v))
+        except Exception as err:  # noqa: BLE001 - a bad click is one warning, never fatal
+            why = str(err) if isinstance(err, (_Refused, InputError, CheckpointError)) else _one_line(err)
+            self.get_logger().warning(f"clicked point not taught: {why}", throttle_duration_sec=1.0)
+
     # ------------------------------------------------------------------ the worker
     def _work(self, jobs: queue.Queue) -> None:
         while True:
@@ -650,8 +787,12 @@ class PartPointNode(LifecycleNode):
         except InputError as err:
             return _Outcome.refused(str(err), job.queries, job.header)
         self.stats.last_latency_ms = results[0].latency_ms
-        answers = [self._answer(job, result, pointer.threshold) for result in results]
-        self._publish(job, results, answers)
+        masks = [self._mask(job, result, pointer.method) for result in results]
+        answers = [
+            self._answer(job, result, pointer.threshold, mask)
+            for result, mask in zip(results, masks, strict=True)
+        ]
+        self._publish(job, results, answers, masks[0])
         if len(answers) == 1:
             return _Outcome(answers[0].point.found, answers[0].message, answers)
         found = sum(a.point.found for a in answers)
@@ -659,7 +800,17 @@ class PartPointNode(LifecycleNode):
         message = f"{found} of {len(answers)} parts found" + (f"; {missed[0]}" if missed else "")
         return _Outcome(found == len(answers), message, answers)
 
-    def _answer(self, job: _Job, result: PointResult, threshold: float) -> _Answer:
+    def _mask(self, job: _Job, result: PointResult, method: str) -> np.ndarray | None:
+        """The found part's SAM mask from its keypoints (``masks``), else None."""
+        if self._masker is None or not result.found:
+            return None
+        # a2p's scores are patch probabilities: a further peak under 0.5 is a negative prompt
+        negative_below = 0.5 if method == "a2p" else None
+        return self._masker.mask_result(job.image, result, negative_below=negative_below).mask
+
+    def _answer(
+        self, job: _Job, result: PointResult, threshold: float, mask: np.ndarray | None = None
+    ) -> _Answer:
         """The query's best point and every instance (the result's further peaks at or above the
         threshold), each lifted to 3D with a grasp pose when depth allows."""
         if not result.found:
@@ -685,7 +836,7 @@ class PartPointNode(LifecycleNode):
             point = PartPoint(
                 header=job.header, query=result.query, u=float(x), v=float(y), score=float(score), found=True
             )
-            lifted = self._grasp(job, x, y)
+            lifted = self._grasp(job, x, y, mask)
             grasp = None
             if isinstance(lifted, str):
                 point.message = f"no grasp pose: {lifted}"
@@ -707,20 +858,34 @@ class PartPointNode(LifecycleNode):
             return _Answer(best, instances, grasps[0], f"{where}; {best.message}")
         return _Answer(best, instances, grasps[0], f"{where}; grasp pose in {grasps[0].header.frame_id}")
 
-    def _grasp(self, job: _Job, u: float, v: float) -> tuple[np.ndarray, np.ndarray, PoseStamped] | str:
+    def _grasp(
+        self, job: _Job, u: float, v: float, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, PoseStamped] | str:
         """(point, normal) in the optical frame and the grasp pose in the target frame, or why not."""
         tolerance = self._p("stamp_tolerance")
         size = (job.image.shape[1], job.image.shape[0])  # (H, W, 3) -> (width, height)
         return self.camera.lift(
-            job.header, u, v, job.target_frame, lifter=self._lifter, tolerance=tolerance, image_size=size
+            job.header,
+            u,
+            v,
+            job.target_frame,
+            lifter=self._lifter,
+            tolerance=tolerance,
+            image_size=size,
+            mask=mask,
         )
 
     # ------------------------------------------------------------------ outputs
-    def _publish(self, job: _Job, results: list[PointResult], answers: list[_Answer]) -> None:
-        """Every query's instances (or its not-found point) on the points topic; the heatmap and
-        overlay of the first query."""
+    def _publish(
+        self, job: _Job, results: list[PointResult], answers: list[_Answer], mask: np.ndarray | None = None
+    ) -> None:
+        """Every query's instances (or its not-found point) on the points topic; the heatmap, overlay
+        and (``masks``) mask of the first query: all zeros when it was not found."""
         if not self._active:
             return
+        if "mask" in self._pubs:
+            pixels = np.zeros(job.image.shape[:2], np.uint8) if mask is None else mask.astype(np.uint8) * 255
+            self._pubs["mask"].publish(numpy_to_image(pixels, "mono8", header=job.header))
         points = [p for answer in answers for p in (answer.instances or [answer.point])]
         self._pubs["points"].publish(PartPointArray(header=job.header, points=points))
         result = results[0]
