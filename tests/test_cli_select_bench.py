@@ -67,7 +67,7 @@ def test_select_heads_bad_data_spec(tiny_llava_dir, tmp_path, capsys):
 
 
 def test_bench_json(capsys):
-    code = main(["bench", "--reps", "1", "--warmup", "0", "--max-new-tokens", "3", "--json"])
+    code = main(["bench", "--reps", "1", "--warmup", "0", "--max-new-tokens", "3", "--json", "--no-memory"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(captured.out)

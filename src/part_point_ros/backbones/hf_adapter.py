@@ -6,12 +6,15 @@ its processor maps the image to the image-token grid.
 
 from __future__ import annotations
 
+import logging
+import math
+import re
 import threading
 import warnings
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +34,8 @@ from part_point_ros.backbones.prefix import (
 )
 from part_point_ros.errors import CheckpointError, HeadMismatchError, InputError, UnknownBackboneError
 from part_point_ros.types import HeadRef, ImageGrid
+
+logger = logging.getLogger(__name__)
 
 # The processor's per-token outputs: made again for each prompt; the other tensors it returns are the image's.
 TOKEN_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -117,8 +122,133 @@ def check_weight_shapes(name_or_path: str, mismatched: Any) -> None:
     )
 
 
+NO_LM_HEAD = (
+    "this backbone was loaded without its language-model head (lm_head=False), which only text pointing "
+    "needs: load it with lm_head=True to generate"
+)
+
+
+class NoLMHead(nn.Module):
+    """Stands where ``lm_head`` was: no weights; calling it is the one-line error ``NO_LM_HEAD``."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise InputError(NO_LM_HEAD)
+
+
+def _concrete_model_class(model_class: type, config: Any) -> type:
+    """The class an ``AutoModel*`` would build for ``config`` (a concrete class is returned as is)."""
+    mapping = getattr(model_class, "_model_mapping", None)
+    return mapping[type(config)] if mapping is not None else model_class
+
+
+def without_lm_head(model_class: type) -> type:
+    """``model_class`` whose ``lm_head`` is never built nor read: it is replaced by ``NoLMHead`` in
+    ``post_init``, which the class's ``__init__`` calls last. Under ``from_pretrained`` the original
+    head exists only on the meta device (no memory) until then; with no head there is nothing to tie
+    (``_tied_weights_keys`` empty), so the checkpoint's ``lm_head.weight`` is one unexpected key that
+    is never materialised, and tied embeddings load as the input embedding they are.
+
+    The subclass keeps the class's name and module: transformers looks weight-renaming rules (legacy
+    checkpoint keys) up by class name, and skips them for a class defined outside transformers.
+    """
+
+    def post_init(self: Any) -> None:
+        if not isinstance(getattr(self, "lm_head", None), nn.Module):
+            raise UnknownBackboneError(
+                f"{model_class.__name__} has no lm_head module, so it cannot be loaded with lm_head=False"
+            )
+        self.lm_head = NoLMHead()
+        model_class.post_init(self)
+
+    def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise InputError(NO_LM_HEAD)
+
+    headless = type(
+        model_class.__name__,
+        (model_class,),
+        {
+            "_tied_weights_keys": {},
+            "post_init": post_init,
+            "generate": generate,
+            "__module__": model_class.__module__,
+        },
+    )
+    headless.__qualname__ = model_class.__qualname__
+    return headless
+
+
+def _dropped_keys(text_layers: range, vision_layers: range, lm_head: bool) -> re.Pattern:
+    """Checkpoint keys of what was deliberately not built: decoder layers ``text_layers``, vision-tower
+    layers ``vision_layers``, the language-model head unless ``lm_head`` (loading calls them unexpected)."""
+
+    def numbers(layers: range) -> str:
+        return "|".join(str(i) for i in layers)
+
+    patterns = []
+    if text_layers:  # the decoder's (language_model / text_model / legacy model.layers), not a vision part's
+        patterns.append(rf"^(?!.*visi).*(?:^|\.)layers\.(?:{numbers(text_layers)})\.")
+    if vision_layers:
+        patterns.append(rf"vision_(?:tower|model)\..*\.layers\.(?:{numbers(vision_layers)})\.")
+    if not lm_head:
+        patterns.append(r"(?:^|\.)lm_head\.")
+    return re.compile("|".join(patterns) or r"(?!)")
+
+
+def _report_loading(name_or_path: str, loading: dict[str, Any], dropped: re.Pattern) -> None:
+    """One warning line for weights the model needs but the checkpoint lacks (randomly initialised) and
+    for checkpoint weights nothing reads, except the parts ``dropped`` on purpose."""
+    missing = sorted(loading.get("missing_keys") or ())
+    unexpected = sorted(k for k in loading.get("unexpected_keys") or () if not dropped.search(k))
+    parts = []
+    if missing:
+        parts.append(
+            f"{len(missing)} weight(s) not in the checkpoint, left random ({', '.join(missing[:3])})"
+        )
+    if unexpected:
+        parts.append(f"{len(unexpected)} checkpoint weight(s) unused ({', '.join(unexpected[:3])})")
+    if parts:
+        logger.warning("backbone %r: %s", name_or_path, "; ".join(parts))
+
+
+def unseen_fraction(grid: ImageGrid) -> tuple[float, tuple[float, float, float, float]]:
+    """(fraction of the original frame no image token sees, (x0, y0, x1, y1) box of what is seen).
+
+    Without ``token_boxes``: the part of the frame inside the processed image (resize, pad, crop map
+    the frame linearly: ``ImageGrid.scale`` / ``offset``). With them: the pixels whose centre lies in
+    some token's box (every token of the prompt, not only the grid the methods read).
+    """
+    w, h = grid.orig_size
+    if grid.token_boxes is None:
+        pw, ph = grid.processed_size
+        (sx, sy), (ox, oy) = grid.scale, grid.offset
+        x0, x1 = max(0.0, -ox / sx), min(float(w), (pw - ox) / sx)
+        y0, y1 = max(0.0, -oy / sy), min(float(h), (ph - oy) / sy)
+        eps = 1e-3  # float round-off of the scale, in original pixels
+        if x0 <= eps and y0 <= eps and x1 >= w - eps and y1 >= h - eps:
+            return 0.0, (0.0, 0.0, float(w), float(h))
+        seen = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+        return 1.0 - seen / (w * h), (x0, y0, x1, y1)
+    mask = np.zeros((h, w), dtype=bool)
+    for x0, y0, x1, y1 in grid.token_boxes[np.isfinite(grid.token_boxes).all(axis=1)]:
+        # pixel (x, y) covers [x, x + 1): it is seen when its centre x + 0.5 lies in [x0, x1)
+        r0, r1, c0, c1 = (max(0, math.ceil(v - 0.5)) for v in (y0, y1, x0, x1))
+        mask[r0:r1, c0:c1] = True
+    if mask.all():
+        return 0.0, (0.0, 0.0, float(w), float(h))
+    ys, xs = np.nonzero(mask)
+    box = (
+        (0.0, 0.0, 0.0, 0.0)
+        if xs.size == 0
+        else (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+    )
+    return 1.0 - float(mask.mean()), box
+
+
 class HFAdapter(BackboneAdapter):
     """A transformers ``*ForConditionalGeneration`` model plus its processor."""
+
+    # how a user gets the whole frame seen, for ``field_of_view``; a family that can crop says how
+    crop_hint: ClassVar[str] = "the checkpoint's image processor settings (preprocessor_config.json) cut it"
 
     def __init__(self, *, model: Any, processor: Any, info: BackboneInfo) -> None:
         self.model = model
@@ -126,6 +256,7 @@ class HFAdapter(BackboneAdapter):
         self.info = info
         self._lock = threading.Lock()  # one capture at a time: the decoder config is switched during it
         self._probe_prefix: dict[int, torch.Tensor | None] = {}  # image tokens -> the template's prefix ids
+        self._field_of_view: dict[tuple[int, int], str | None] = {}  # frame size -> field_of_view()
 
     # ----- what a family provides -----------------------------------------------------------------
 
@@ -140,6 +271,20 @@ class HFAdapter(BackboneAdapter):
     @abstractmethod
     def _grid(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor]) -> ImageGrid:
         """The image-token grid for an original image of ``image_size`` (width, height)."""
+
+    @classmethod
+    def _check_config(cls, name_or_path: str, config: Any) -> None:
+        """Refuse (one UnknownBackboneError line) a checkpoint of this model type the family's code does
+        not handle, before anything is read from its weights. Default: every one is handled."""
+
+    @classmethod
+    def _trim_config(cls, config: Any) -> None:
+        """Cut parts of ``config`` the model never uses (vision-tower layers past the one it reads)
+        before the model is built, so they are neither allocated nor read. Default: nothing."""
+
+    def _set_crop(self, crop: bool) -> None:
+        """``from_pretrained(crop=...)``: configure the processor to crop (True) or to show the whole
+        frame (False). Default: the family's processor never crops, so there is nothing to switch."""
 
     @property
     def image_token_id(self) -> int:
@@ -171,6 +316,8 @@ class HFAdapter(BackboneAdapter):
         max_layer: int | None = None,
         attn_implementation: str = "sdpa",
         allow_pickle: bool = False,
+        crop: bool = False,
+        lm_head: bool = True,
     ) -> HFAdapter:
         config = read_config(name_or_path)
         if config.model_type not in cls.model_types:
@@ -178,6 +325,7 @@ class HFAdapter(BackboneAdapter):
                 f"{name_or_path!r} is a {config.model_type!r} model, not one of {list(cls.model_types)}; "
                 f"{supported_hint()}"
             )
+        cls._check_config(name_or_path, config)
         text = config.text_config
         num_layers = text.num_hidden_layers
         if max_layer is not None:
@@ -190,13 +338,23 @@ class HFAdapter(BackboneAdapter):
                 text.layer_types = text.layer_types[: max_layer + 1]
         if not allow_pickle:
             check_local_weights(name_or_path)
+        vision = getattr(config, "vision_config", None)
+        vision_layers = getattr(vision, "num_hidden_layers", None) or 0
+        cls._trim_config(config)
+        dropped = _dropped_keys(
+            range(text.num_hidden_layers, num_layers),
+            range(getattr(vision, "num_hidden_layers", None) or 0, vision_layers),
+            lm_head,
+        )
+        model_class = cls._model_class()
+        if not lm_head:
+            model_class = without_lm_head(_concrete_model_class(model_class, config))
         from transformers.utils import logging as hf_logging
 
         verbosity = hf_logging.get_verbosity()
-        if max_layer is not None:  # the skipped layers' weights are reported as "unexpected": expected here
-            hf_logging.set_verbosity_error()
+        hf_logging.set_verbosity_error()  # its report lists the parts dropped on purpose: ours follows
         try:
-            model, loading = cls._model_class().from_pretrained(
+            model, loading = model_class.from_pretrained(
                 name_or_path,
                 config=config,
                 dtype=dtype,
@@ -213,6 +371,7 @@ class HFAdapter(BackboneAdapter):
         finally:
             hf_logging.set_verbosity(verbosity)
         check_weight_shapes(name_or_path, loading.get("mismatched_keys"))
+        _report_loading(name_or_path, loading, dropped)
         model.to(device).eval().requires_grad_(False)
         info = BackboneInfo(
             name=str(name_or_path),
@@ -222,7 +381,9 @@ class HFAdapter(BackboneAdapter):
             num_kv_heads=text.num_key_value_heads,
             head_dim=getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
         )
-        return cls(model=model, processor=cls._load_processor(name_or_path), info=info)
+        adapter = cls(model=model, processor=cls._load_processor(name_or_path), info=info)
+        adapter._set_crop(crop)
+        return adapter
 
     # ----- inputs ---------------------------------------------------------------------------------
 
@@ -255,9 +416,37 @@ class HFAdapter(BackboneAdapter):
         }
         grid = self._grid((image.shape[1], image.shape[0]), inputs)
         n_tokens = int((inputs["input_ids"][0] == self.image_token_id).sum())
-        if n_tokens != grid.rows * grid.cols:
-            raise ValueError(f"{n_tokens} image tokens in the prompt but the grid is {grid.rows}x{grid.cols}")
+        expected = grid.rows * grid.cols if grid.token_boxes is None else len(grid.token_boxes)
+        if n_tokens != expected:
+            raise ValueError(
+                f"{n_tokens} image tokens in the prompt but the grid is {grid.rows}x{grid.cols} "
+                f"({expected} tokens)"
+            )
+        self._note_field_of_view(grid)
         return inputs, grid
+
+    def _note_field_of_view(self, grid: ImageGrid) -> str | None:
+        """``field_of_view`` of the grid's frame size, worked out from ``grid`` once per size; logged as a
+        warning the first time a frame size loses pixels."""
+        size = tuple(grid.orig_size)
+        if size not in self._field_of_view:
+            fraction, (x0, y0, x1, y1) = unseen_fraction(grid)
+            message = None
+            if fraction > 0:
+                w, h = size
+                message = (
+                    f"{self.info.name}: {fraction:.1%} of a {w}x{h} frame never reaches the model (its image "
+                    f"tokens see x {x0:.0f}..{x1:.0f}, y {y0:.0f}..{y1:.0f} only): {self.crop_hint}"
+                )
+                logger.warning(message)
+            self._field_of_view[size] = message
+        return self._field_of_view[size]
+
+    def field_of_view(self, image_size: tuple[int, int]) -> str | None:
+        w, h = (int(v) for v in image_size)
+        if (w, h) not in self._field_of_view:  # one processor call on a blank frame of that size
+            self.prepare(np.zeros((h, w, 3), dtype=np.uint8), self.build_prompt("x"))
+        return self._field_of_view[(w, h)]
 
     def image_token_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         return torch.nonzero(input_ids == self.image_token_id).flatten()
@@ -298,7 +487,8 @@ class HFAdapter(BackboneAdapter):
         """One prefill of a whole prompt (processor ``inputs``); ``cache``: a KV cache it fills as it goes."""
         ids = inputs["input_ids"][0]
         image_positions = self.image_token_positions(ids).cpu()
-        text_positions = torch.arange(int(image_positions[-1]) + 1, ids.shape[0])
+        last_image = int(torch.nonzero(ids == self.image_token_id).max())  # multi-crop: past every tile
+        text_positions = torch.arange(last_image + 1, ids.shape[0])
         with self._lock:
             qkv = capture_qkv(
                 lambda: self.model.model(**inputs, past_key_values=cache, use_cache=cache is not None),
@@ -386,7 +576,7 @@ class HFAdapter(BackboneAdapter):
 
     def _prompt_after(self, prefix: ImagePrefix, instruction: str) -> torch.Tensor:
         """(S,) the whole prompt's ids for ``instruction``; they start with the prefix's."""
-        ids = self.prompt_ids(instruction, prefix.image_positions.numel())
+        ids = self.prompt_ids(instruction, int((prefix.ids == self.image_token_id).sum()))
         if not torch.equal(ids[: prefix.length], prefix.ids):  # the prefix ends with a special token
             raise RuntimeError(f"the prompt for {instruction!r} does not start with the frame's prefix")
         return ids
@@ -398,7 +588,7 @@ class HFAdapter(BackboneAdapter):
         pad_id = self.processor.tokenizer.pad_token_id
         positions = [self._position_ids(ids, prefix.image_inputs) for ids in prompts]
         batch = suffix_batch(prompts, positions, prefix.length, 0 if pad_id is None else pad_id)
-        first_text = int(prefix.image_positions[-1]) + 1  # Capture's query rows: every token after the image
+        first_text = prefix.length  # Capture's query rows: every token after the image (the prefix's end)
         text_positions = [torch.arange(first_text, prefix.length + n) for n in batch.lengths]
         cache = cache_from_prefix(prefix, len(prompts), self.model.config)
         with self._lock:
@@ -447,4 +637,6 @@ def _as_capture(
         text_positions=text_positions,
         scaling=qkv.scaling,
         grid=grid,
+        windows=qkv.windows,  # what each head's softmax used besides the scale (capture.py)
+        softcaps=qkv.softcaps,
     )

@@ -8,14 +8,29 @@ from __future__ import annotations
 import torch
 
 from part_point_ros.backbones.base import BackboneAdapter
+from part_point_ros.backbones.gemma3 import Gemma3Adapter
 from part_point_ros.backbones.hf_adapter import read_config
+from part_point_ros.backbones.internvl import InternVLAdapter
 from part_point_ros.backbones.llava import LlavaAdapter
+from part_point_ros.backbones.llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
+from part_point_ros.backbones.molmo2 import Molmo2Adapter
 from part_point_ros.backbones.qwen2_5_vl import Qwen25VLAdapter
+from part_point_ros.backbones.qwen2_vl import Qwen2VLAdapter
+from part_point_ros.backbones.qwen3_vl import Qwen3VLAdapter
+from part_point_ros.backbones.smolvlm import SmolVLMAdapter
 from part_point_ros.errors import InputError, UnknownBackboneError
 
 ADAPTERS: tuple[type[BackboneAdapter], ...] = (
     LlavaAdapter,
+    LlavaNextAdapter,
+    LlavaOnevisionAdapter,
     Qwen25VLAdapter,
+    Qwen2VLAdapter,
+    Qwen3VLAdapter,
+    Gemma3Adapter,
+    SmolVLMAdapter,
+    InternVLAdapter,
+    Molmo2Adapter,
 )
 REGISTRY: dict[str, type[BackboneAdapter]] = {mt: a for a in ADAPTERS for mt in a.model_types}
 
@@ -68,10 +83,15 @@ def load_backbone(
     max_layer: int | None = None,
     attn_implementation: str = "sdpa",
     allow_pickle: bool = False,
+    crop: bool = False,
+    lm_head: bool = True,
 ) -> BackboneAdapter:
     """Load a supported MLLM (hub id or local directory) behind its family's adapter.
 
     Only safetensors weights are read unless ``allow_pickle`` (UNSAFE: unpickling can run code).
+    ``crop``: let the processor crop the frame as the checkpoint ships it (default: the whole frame is
+    seen); ``lm_head=False``: the language-model head is neither allocated nor read (a2p and attention
+    never use it; text pointing needs it). See ``BackboneAdapter.from_pretrained``.
     """
     config = read_config(name_or_path)
     model_type = getattr(config, "model_type", None)
@@ -88,4 +108,6 @@ def load_backbone(
         max_layer=max_layer,
         attn_implementation=attn_implementation,
         allow_pickle=allow_pickle,
+        crop=crop,
+        lm_head=lm_head,
     )

@@ -136,6 +136,8 @@ def build_tiny_llava(
     vision_feature_layer: int = -2,
     pad_to_square: bool = False,
     init_std: float | None = 0.2,
+    vocab_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write a tiny LLaVA-1.5 (CLIP vision tower + Llama with GQA) to ``out_dir``; return it.
 
@@ -145,7 +147,9 @@ def build_tiny_llava(
     square first so the whole image stays visible (the crop is then a no-op).
     ``init_std=None`` keeps transformers' own initialisation (for training from scratch) instead of
     the wide random spread that makes an untrained model's attention non-uniform.
-    ``intermediate_size`` defaults to twice the hidden size.
+    ``intermediate_size`` defaults to twice the hidden size. ``vocab_size`` (default: the tokenizer's)
+    may be larger than the tokenizer, as a real LLaVA's is (32064 rows for 32002 tokens): it sizes the
+    embeddings and the language-model head like a real model's. ``dtype``: of the saved weights.
     """
     from transformers import (
         CLIPImageProcessorPil,
@@ -160,8 +164,10 @@ def build_tiny_llava(
     out = Path(out_dir)
     tokenizer = word_level_tokenizer(_words(vocab_words), [BOS, EOS, "<image>"], bos=BOS, eos=EOS, pad=PAD)
     hidden = num_heads * head_dim
+    if vocab_size is not None and vocab_size < len(tokenizer):
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
     text_config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden,
         intermediate_size=intermediate_size or 2 * hidden,
         num_hidden_layers=num_layers,
@@ -196,7 +202,7 @@ def build_tiny_llava(
         _init_weights(model, seed, std=init_std)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out)
+    model.to(dtype).save_pretrained(out)
 
     processor_class = LlavaImageProcessorPil if pad_to_square else CLIPImageProcessorPil
     pad = {"do_pad": True} if pad_to_square else {}

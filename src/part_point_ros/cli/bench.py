@@ -13,6 +13,10 @@ all, i.e. five ``point`` calls as before), and one more query on a frame already
 same-frame prefix). Every "new frame" row alternates two frames that differ in one pixel, so the
 kept prefix never matches. The report also gives the largest distance between the points with and
 without reuse.
+
+Peak memory (``run_memory_bench``): the whole model as transformers loads it vs what a2p loads
+(decoder up to the deepest head, no language-model head, vision tower cut at its feature layer), each
+measured as the peak-RSS growth of a process of its own, on a random 24-layer LLaVA-shaped model.
 """
 
 from __future__ import annotations
@@ -156,8 +160,12 @@ def run_bench(
     warmup: int = 2,
     max_new_tokens: int = 32,
     allow_pickle: bool = False,
+    memory: bool = True,
+    crop: bool = False,
 ) -> dict[str, Any]:
-    """Time every method and stage; return a JSON-ready report."""
+    """Time every method and stage; return a JSON-ready report. ``memory``: also the peak memory of the
+    whole model vs what a2p loads (``run_memory_bench``: the random ``MEMORY_MODEL``, or ``backbone``
+    with its heads' deepest layer), under ``peak_memory``."""
     from part_point_ros.backbones.registry import load_backbone
     from part_point_ros.grounding.text_pointing import text_prompt
     from part_point_ros.heads import HeadConfig, PartPointHead
@@ -178,7 +186,7 @@ def run_bench(
                     image_size=224,
                 )
             )
-        adapter = load_backbone(name, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        adapter = load_backbone(name, device=device, dtype=dtype, allow_pickle=allow_pickle, crop=crop)
         info = adapter.info
         head_refs = _bench_heads(info, heads)
         torch.manual_seed(0)
@@ -233,7 +241,7 @@ def run_bench(
         with torch.inference_mode():
             shift = {method: _reuse_shift_px(method, options[method], image) for method in options}
         deepest = max(h.layer for h in head_refs)
-        return {
+        report = {
             "backbone": asdict(info),
             "tiny_backbone": backbone is None,
             "device": str(adapter.device),
@@ -264,6 +272,10 @@ def run_bench(
             if adapter.device.type == "cuda"
             else None,
         }
+    if memory:
+        options = {} if backbone is None else {"backbone": backbone, "head_layer": deepest, "dtype": dtype}
+        report["peak_memory"] = run_memory_bench(**options)
+    return report
 
 
 MULTI_QUERY_ROWS = {  # latency key suffix -> (label, ratio key suffix)
@@ -359,4 +371,174 @@ def format_report(report: dict[str, Any]) -> str:
     )
     if report.get("peak_cuda_mb") is not None:
         lines.append(f"peak CUDA memory {report['peak_cuda_mb']:.0f} MB")
+    if report.get("peak_memory"):
+        lines += ["", format_memory_report(report["peak_memory"])]
+    return "\n".join(lines)
+
+
+# ----- peak memory: the whole model vs what a method loads ------------------------------------------
+
+# A LLaVA-1.5-shaped model at 1/8 of 7B's width: 24 decoder layers, a 32064-token vocabulary (its
+# embeddings and head are as large a share as 7B's), a CLIP tower read at layer -2; bf16 weights.
+MEMORY_MODEL: dict[str, Any] = {
+    "num_layers": 24,
+    "num_heads": 8,
+    "num_kv_heads": 8,
+    "head_dim": 64,
+    "intermediate_size": 1376,
+    "vocab_size": 32064,
+    "image_size": 224,
+    "vision_hidden_size": 256,
+    "vision_layers": 6,
+    "vision_heads": 4,
+    "init_std": None,
+    "dtype": torch.bfloat16,
+}
+MEMORY_HEAD_LAYER = 6  # the deepest localization head: what a2p / attention load up to
+# imported by the measuring processes' parent once, so that each measurement starts with them loaded
+MEMORY_PRELOAD = [
+    "torch",
+    "transformers",
+    "PIL.Image",
+    "part_point_ros.cli.bench",
+    "part_point_ros.backbones.registry",
+]
+
+
+def memory_variants(head_layer: int) -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """name -> (label, ``load_backbone`` options; None: transformers' whole model, generating a token)."""
+    return {
+        "whole": ("whole model (transformers), prefill + 1 token", None),
+        "backbone": ("load_backbone(): vision tower cut, capture", {}),
+        "max_layer": (f"+ max_layer={head_layer}", {"max_layer": head_layer}),
+        "a2p": ("+ lm_head=False: what a2p loads", {"max_layer": head_layer, "lm_head": False}),
+    }
+
+
+def _rss_mb(field: str) -> float:
+    """``VmHWM`` (peak resident set size of this process's address space) or ``VmRSS`` from
+    /proc/self/status, in MB. (``ru_maxrss`` is no good here: Linux carries a parent's peak over into a
+    child, so a child of a big process would start "big".)"""
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        raise RuntimeError("peak memory is read from /proc/self/status (VmHWM), which only Linux has")
+    for line in status.read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024  # kB -> MB
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
+def _measure_memory(spec: dict[str, Any]) -> dict[str, float]:
+    """In a process of its own (forked from a parent that imported ``MEMORY_PRELOAD`` and nothing else):
+    load the backbone as ``spec`` says, read every kept weight once, run what the method runs on one
+    640x480 frame; return the peak RSS before (``baseline_mb``) and after (``peak_mb``).
+
+    Every kept weight is read because safetensors weights in the load dtype stay memory-mapped on a
+    CPU: a page nothing reads is never resident, which would flatter a model whose head or deep layers
+    are loaded but not run; moving the model to a GPU reads them all the same way.
+    """
+    from part_point_ros.backbones.base import BackboneInfo
+    from part_point_ros.backbones.hf_adapter import read_config
+    from part_point_ros.backbones.registry import REGISTRY, load_backbone, parse_dtype
+    from part_point_ros.types import HeadRef
+
+    torch.set_num_threads(1)
+    path, dtype, load = spec["backbone"], parse_dtype(spec["dtype"]), spec["load"]
+    adapter_class = REGISTRY[read_config(path).model_type]
+    adapter_class._model_class()  # its modules imported before the baseline, as for every variant
+    image = _test_image()
+    heads = [HeadRef(spec["head_layer"], 0)]
+    try:  # the peak so far := the current RSS (Linux >= 4.0); a fresh fork starts there anyway
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    baseline = _rss_mb("VmHWM")
+    with torch.inference_mode():
+        if load is None:  # everything the checkpoint holds, as transformers loads it
+            model = adapter_class._model_class().from_pretrained(path, dtype=dtype).eval()
+            text = model.config.get_text_config()
+            info = BackboneInfo(path, adapter_class.family, text.num_hidden_layers, 1, 1, 1)
+            adapter = adapter_class(model=model, processor=adapter_class._load_processor(path), info=info)
+            adapter._set_crop(False)  # the same processing as load_backbone's (the whole frame)
+        else:
+            adapter = load_backbone(path, dtype=dtype, **load)
+        for param in adapter.model.parameters():
+            param.sum()  # read every page of it
+        if load is None:
+            adapter.generate(image, QUERY, max_new_tokens=1)
+        else:
+            adapter.capture(image, QUERY, heads)
+    weights = sum(p.numel() * p.element_size() for p in adapter.model.parameters()) / 2**20
+    return {"baseline_mb": baseline, "peak_mb": _rss_mb("VmHWM"), "weights_mb": weights}
+
+
+def peak_memory_mb(
+    backbone: str, loads: dict[str, dict[str, Any] | None], *, head_layer: int, dtype: str = "bfloat16"
+) -> dict[str, dict[str, float]]:
+    """Peak memory of loading ``backbone`` with each of ``loads`` (name -> ``load_backbone`` options;
+    None: the whole model) and running one frame, each in a process of its own.
+
+    Measured as the growth of the peak resident set size (``VmHWM``) of a process forked for that one
+    measurement from a parent that imported ``MEMORY_PRELOAD`` and nothing else (multiprocessing's
+    forkserver): everything the load and the forward allocate counts, torch's CPU tensors and the
+    safetensors pages read included, and nothing freed earlier hides in it. (``tracemalloc`` sees none of
+    torch's memory; torch keeps no CPU allocator statistics.) Per name: ``baseline_mb``, ``peak_mb``,
+    ``load_mb`` (their difference) and ``weights_mb`` (the parameters kept).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(MEMORY_PRELOAD)
+    results = {}
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
+        for name, load in loads.items():
+            spec = {"backbone": backbone, "dtype": dtype, "load": load, "head_layer": head_layer}
+            result = pool.submit(_measure_memory, spec).result()
+            results[name] = {**result, "load_mb": result["peak_mb"] - result["baseline_mb"]}
+    return results
+
+
+def run_memory_bench(
+    *, backbone: str | None = None, head_layer: int = MEMORY_HEAD_LAYER, dtype: str = "bfloat16"
+) -> dict[str, Any]:
+    """Peak memory of each ``memory_variants`` row. Default backbone: the random ``MEMORY_MODEL`` built
+    into a temporary directory."""
+    variants = memory_variants(head_layer)
+    with tempfile.TemporaryDirectory(prefix="part_point_memory_") as tmp:
+        name = backbone
+        if name is None:
+            from part_point_ros.backbones.tiny import build_tiny_llava
+
+            name = str(build_tiny_llava(Path(tmp) / "llava_24_layers", **MEMORY_MODEL))
+        measured = peak_memory_mb(
+            name, {k: load for k, (_, load) in variants.items()}, head_layer=head_layer, dtype=dtype
+        )
+    whole = measured["whole"]["load_mb"]
+    rows = {
+        k: {"label": variants[k][0], **m, "over_whole": m["load_mb"] / whole} for k, m in measured.items()
+    }
+    return {
+        "backbone": "random 24-layer LLaVA (MEMORY_MODEL)" if backbone is None else backbone,
+        "dtype": dtype,
+        "head_layer": head_layer,
+        "measure": "peak RSS (VmHWM) growth of a process forked for each row; every kept weight read once",
+        "rows": rows,
+    }
+
+
+def format_memory_report(report: dict[str, Any]) -> str:
+    """The peak-memory table; target: what a2p loads <= 0.7x the whole model."""
+    lines = [
+        f"peak memory, {report['backbone']} {report['dtype']}, heads up to layer {report['head_layer']}, one "
+        "640x480 frame",
+        f"({report['measure']})",
+        f"{'variant':<48}{'weights MB':>12}{'peak MB':>10}{'/ whole':>9}",
+    ]
+    for row in report["rows"].values():
+        lines.append(
+            f"{row['label']:<48}{row['weights_mb']:>12.1f}{row['load_mb']:>10.1f}{row['over_whole']:>8.2f}x"
+        )
+    ratio = report["rows"]["a2p"]["over_whole"]
+    lines.append(f"what a2p loads / whole model: {ratio:.2f}x (target <= 0.70x)")
     return "\n".join(lines)

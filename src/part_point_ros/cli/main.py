@@ -33,6 +33,12 @@ def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="float32", help="backbone dtype: float32, bfloat16 or float16 (default float32)"
     )
     parser.add_argument(
+        "--crop",
+        action="store_true",
+        help="let the processor crop the frame as the checkpoint ships it (LLaVA-1.5: centre crop); "
+        "default: pad to a square so the whole frame is seen",
+    )
+    parser.add_argument(
         "--allow-pickle-weights",
         action="store_true",
         help="UNSAFE: also load pickled backbone weights (pytorch_model.bin); unpickling can run code "
@@ -146,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs")
     bench.add_argument("--max-new-tokens", type=int, default=32, help="text: tokens generated (forced)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the peak memory of the whole model vs what a2p loads (default on; ~20 s)",
+    )
     _add_backbone_options(bench)
 
     published = sub.add_parser(
@@ -245,6 +257,7 @@ def cmd_point(args: argparse.Namespace) -> int:
         max_image_pixels=max_pixels,
         max_aspect_ratio=max_ratio,
         allow_pickle=args.allow_pickle_weights,
+        crop=args.crop,
         **_pop_kwargs(args),
     )
     result = pointer.point(image, query)
@@ -349,8 +362,13 @@ def cmd_select_heads(args: argparse.Namespace) -> int:
     print(dataset.report(), file=sys.stderr)
     if len(dataset) == 0:
         raise UserError(f"--data {args.data}: the dataset has no samples")
-    backbone = load_backbone(
-        args.backbone, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle_weights
+    backbone = load_backbone(  # the whole model: every layer is scored (no lm_head: never generates)
+        args.backbone,
+        device=args.device,
+        dtype=args.dtype,
+        allow_pickle=args.allow_pickle_weights,
+        crop=args.crop,
+        lm_head=False,
     )
     n = min(len(dataset), args.max_samples)
 
@@ -388,6 +406,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         max_new_tokens=args.max_new_tokens,
         allow_pickle=args.allow_pickle_weights,
+        memory=args.memory,
+        crop=args.crop,
     )
     print(json.dumps(_json_safe(report), indent=2) if args.json else format_report(report))
     return 0

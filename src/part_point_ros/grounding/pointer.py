@@ -314,6 +314,7 @@ class PartPointer:
         k: int = 5,
         attn_implementation: str = "sdpa",
         allow_pickle: bool = False,
+        crop: bool = False,
         extractor: str = "dinov3",
         extractor_model: str | None = None,
         support: str | None = None,
@@ -330,6 +331,9 @@ class PartPointer:
         "llava-tower": the LLaVA backbone's own vision tower, shared, or ``extractor_model``'s), and
         the support sets of ``support_root`` (default: the user's data dir): the set named
         ``support`` for every query, else the set named like each query. ``options`` go to ``__init__``.
+        ``crop``: let the processor crop the frame as the checkpoint ships it (default: the whole frame,
+        padded to a square where the processor would crop). Only the method's needs are loaded: no
+        language-model head unless the method generates (text), no layer past the deepest head.
         Backbone weights are read from safetensors only; ``allow_pickle=True`` also accepts pickled
         ``pytorch_model.bin`` files, which is UNSAFE: unpickling can run code from the file.
         """
@@ -343,6 +347,8 @@ class PartPointer:
             "dtype": dtype,
             "attn_implementation": attn_implementation,
             "allow_pickle": allow_pickle,
+            "crop": crop,
+            "lm_head": POINTING_METHODS[method].needs_lm_head,
         }
         head_module = None
         head_refs: list[HeadRef] | None = None
@@ -450,4 +456,6 @@ class PartPointer:
             **self.pointing.describe(),
             "backbone": asdict(self.backbone.info),
             "threshold": self.threshold,
+            # None: every pixel of a 640x480 frame reaches the model; else what is cut and how to keep it
+            "field_of_view_640x480": self.backbone.field_of_view((640, 480)),
         }

@@ -44,8 +44,8 @@ def cache_splits(
     heads = config.head_refs()
     device = config.resolved_device()
     dtype = config.backbone_dtype if device.startswith("cuda") else "float32"  # half precision is slow on CPU
-    adapter = load_backbone(
-        config.backbone, device=device, dtype=dtype, max_layer=max(h.layer for h in heads)
+    adapter = load_backbone(  # only what the capture reads: no layers past the heads', no lm_head
+        config.backbone, device=device, dtype=dtype, max_layer=max(h.layer for h in heads), lm_head=False
     )
     written: dict[str, Path] = {}
     for split, spec in todo.items():
