@@ -97,7 +97,15 @@ def test_bad_names(tmp_path, extractor, name):
 
 
 def test_good_names():
-    for name in ("a", "mug_handle", "Kettle-spout.v2", "9" * 64, "drill grip", "the handle of the mug"):
+    for name in (
+        "a",
+        "mug_handle",
+        "Kettle-spout.v2",
+        "9" * 64,
+        "drill grip",
+        "the handle of the mug",
+        "the drawer's knob",
+    ):
         assert check_name(name) == name
 
 

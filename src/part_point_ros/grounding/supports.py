@@ -43,8 +43,8 @@ from part_point_ros.grounding.inputs import check_image
 from part_point_ros.types import ImageGrid
 
 FORMAT = 1
-# a name is also a query ("drill grip"): words of letters, digits, '.', '_', '-' and single spaces
-NAME_PATTERN = re.compile(r"(?=.{1,64}$)[A-Za-z0-9][A-Za-z0-9._-]*(?: [A-Za-z0-9._-]+)*")
+# a name is also a query ("the drill's grip"): words of letters, digits, '.', '_', "'", '-', single spaces
+NAME_PATTERN = re.compile(r"(?=.{1,64}$)[A-Za-z0-9][A-Za-z0-9._'-]*(?: [A-Za-z0-9._'-]+)*")
 ENV_ROOT = "PART_POINT_SUPPORTS"
 
 
@@ -61,7 +61,7 @@ def check_name(name: object) -> str:
     """``name`` if it is a valid support-set name, else one ``InputError`` line."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise InputError(
-            f"bad support-set name {name!r}: use 1-64 letters, digits, '.', '_', '-' and single spaces, "
+            f"bad support-set name {name!r}: use 1-64 letters, digits, '.', '_', \"'\", '-' and single spaces, "
             "starting with a letter or digit (e.g. mug_handle, drill grip)"
         )
     return name

@@ -162,3 +162,49 @@ def object_phrase(object_type: str, colour: str | None) -> str:
 def possessive(phrase: str) -> str:
     """'the mug' -> "the mug's"; 'the scissors' -> "the scissors'"."""
     return phrase + ("'" if phrase.endswith("s") else "'s")
+
+
+# Parts a robot user may ask about that an object of the type does NOT have ("the spout of the mug"):
+# the "absent_part" queries (``queries.make_absent_queries``). Chosen by hand from the other types'
+# part names, leaving out names that could fairly mean a part the type has (a screwdriver's "blade" is
+# its shaft, a drawer's "handle" its knob, a knife's "tip" the end of its blade, a bottle's "lid" its
+# cap; "body" is the whole of most objects), so the right answer is always "not here".
+ABSENT_PARTS: dict[str, tuple[str, ...]] = {
+    "mug": ("spout", "lid", "cap", "blade", "knob"),
+    "knife": ("spout", "lid", "cap", "knob", "rim"),
+    "bottle": ("handle", "spout", "blade", "knob"),
+    "hammer": ("spout", "lid", "cap", "blade", "knob"),
+    "spatula": ("spout", "lid", "cap", "knob", "rim"),
+    "scissors": ("spout", "lid", "cap", "knob", "rim"),
+    "pan": ("spout", "lid", "cap", "knob", "blade"),
+    "drawer": ("spout", "lid", "cap", "blade", "rim"),
+    "screwdriver": ("spout", "lid", "knob", "rim"),
+    "teapot": ("blade", "cap", "shaft"),
+}
+
+
+def _check_absent_parts() -> None:
+    """Every absent part is a part name of the catalog and not one of its own type's parts."""
+    vocabulary = {p for t in OBJECT_TYPES.values() for p in t.parts}
+    if set(ABSENT_PARTS) != set(OBJECT_TYPES):
+        raise ValueError(f"ABSENT_PARTS must list every object type, got {sorted(ABSENT_PARTS)}")
+    for name, parts in ABSENT_PARTS.items():
+        bad = [p for p in parts if p not in vocabulary or p in OBJECT_TYPES[name].parts]
+        if bad:
+            raise ValueError(f"ABSENT_PARTS[{name!r}]: {bad} are not catalog parts or are parts of a {name}")
+
+
+_check_absent_parts()
+
+_IRREGULAR_PLURALS = {"knife": "knives"}
+
+
+def plural_noun(word: str) -> str:
+    """'mug' -> 'mugs', 'body' -> 'bodies', 'knife' -> 'knives'; 'scissors' and 'blades' stay."""
+    if word in _IRREGULAR_PLURALS:
+        return _IRREGULAR_PLURALS[word]
+    if word.endswith("s"):
+        return word
+    if word.endswith("y") and word[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return word[:-1] + "ies"
+    return word + "s"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from part_point_ros.errors import InputError
 from part_point_ros.sim.camera import look_at
 from part_point_ros.sim.catalog import OBJECT_TYPES, PALETTE
 from part_point_ros.sim.meshes import footprint, object_part_meshes
@@ -159,11 +160,71 @@ def _camera(rng: np.random.Generator, centres: np.ndarray, hfov_deg: float) -> n
     return pose
 
 
+def _framed(
+    rng: np.random.Generator, seed: int, objects: list[PlacedObject], centres: np.ndarray, hfov_deg: float
+) -> SceneLayout:
+    """The placed objects with the camera and the light, drawn from ``rng`` in this order."""
+    camera_pose = _camera(rng, centres, hfov_deg)
+    light = np.array([rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), 1.0])
+    return SceneLayout(seed, tuple(objects), camera_pose, light / np.linalg.norm(light), hfov_deg)
+
+
 def sample_layout(seed: int, *, hfov_deg: float = HFOV_DEG) -> SceneLayout:
     """The scene of ``seed``: 2-5 objects on the table, their colours, the camera and the light."""
     rng = np.random.default_rng(seed)
     types = _pick_types(rng)
     objects, centres = _place_objects(rng, types)
-    camera_pose = _camera(rng, centres, hfov_deg)
-    light = np.array([rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), 1.0])
-    return SceneLayout(seed, tuple(objects), camera_pose, light / np.linalg.norm(light), hfov_deg)
+    return _framed(rng, seed, objects, centres, hfov_deg)
+
+
+# Twin scenes ("the handle of the mug" with two mugs on the table): their own seed range, so that a
+# scene number names one scene and the ordinary seeds keep their scenes. Splits as for the ordinary
+# world (docs/evaluation.md, "Not here, and every instance"): train, val, test, disjoint.
+TWIN_SEEDS: tuple[int, int] = (1_000_000, 2_000_000)
+TWIN_SPLIT_SEEDS: dict[str, tuple[int, int]] = {
+    "train": (1_000_000, 1_100_000),
+    "val": (1_100_000, 1_200_000),
+    "test": (1_200_000, 1_300_000),
+}
+TWIN_MAX_OTHERS = 2  # besides the twins, 0-2 objects of other types
+THREE_COPIES_PROBABILITY = 0.3  # the twin type appears three times instead of twice
+TWIN_PLACEMENT_TRIES = 100  # two drawers (the largest type) fit in 2 of 5 placements
+
+
+def is_twin_seed(seed: int) -> bool:
+    return TWIN_SEEDS[0] <= seed < TWIN_SEEDS[1]
+
+
+def _pick_twin_types(rng: np.random.Generator) -> list[str]:
+    names = sorted(OBJECT_TYPES)
+    twin = str(rng.choice(names))
+    copies = 3 if rng.random() < THREE_COPIES_PROBABILITY else 2
+    others = int(rng.integers(0, TWIN_MAX_OTHERS + 1))
+    rest = [str(t) for t in rng.choice([n for n in names if n != twin], size=others, replace=False)]
+    return [twin] * copies + rest
+
+
+def sample_twin_layout(seed: int, *, hfov_deg: float = HFOV_DEG) -> SceneLayout:
+    """The twin scene of ``seed`` (in ``TWIN_SEEDS``): two or three instances of one type, each with
+    its own main-part colour, and 0-2 objects of other types.
+
+    When fewer than two instances fit on the table, the placement is drawn again (from the same
+    stream) with one object fewer (another type first, then a third copy) down to the two twins, so
+    every twin scene holds at least two instances.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not is_twin_seed(int(seed)):
+        raise InputError(
+            f"twin scene seeds lie in [{TWIN_SEEDS[0]}, {TWIN_SEEDS[1]}), got {seed!r} "
+            "(ordinary scenes: render_scene)"
+        )
+    rng = np.random.default_rng(int(seed))
+    types = _pick_twin_types(rng)
+    twin = types[0]
+    for _ in range(TWIN_PLACEMENT_TRIES):
+        objects, centres = _place_objects(rng, types)
+        if sum(o.object_type == twin for o in objects) >= 2:
+            return _framed(rng, int(seed), objects, centres, hfov_deg)
+        types = types[:-1] if len(types) > 2 else types  # the last is another type, else the third copy
+    raise RuntimeError(
+        f"twin seed {seed}: two {twin}s did not fit on the table in {TWIN_PLACEMENT_TRIES} tries"
+    )

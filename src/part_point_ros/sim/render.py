@@ -7,7 +7,6 @@ of a hit says which part instance the pixel sees.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -26,9 +25,10 @@ from part_point_ros.sim.layout import (
     TABLE_THICKNESS,
     SceneLayout,
     sample_layout,
+    sample_twin_layout,
 )
 from part_point_ros.sim.meshes import box, object_part_meshes
-from part_point_ros.sim.queries import MIN_QUERY_FRACTION, make_queries
+from part_point_ros.sim.queries import make_plural_queries, make_queries, min_query_pixels
 from part_point_ros.sim.scene import ObjectInstance, PartInstance, Scene
 
 AMBIENT = 0.35
@@ -185,7 +185,7 @@ def render_layout(layout: SceneLayout, intrinsics: CameraIntrinsics, *, shadows:
         camera_pose=layout.camera_pose.copy(),
         objects=objects,
         parts=parts,
-        queries=make_queries(layout.seed, objects, parts, min_pixels=math.ceil(MIN_QUERY_FRACTION * w * h)),
+        queries=make_queries(layout.seed, objects, parts, min_pixels=min_query_pixels(w, h)),
         light_dir=layout.light_dir.copy(),
     )
 
@@ -203,11 +203,39 @@ def render_scene(
     The layout (objects, colours, camera pose, light) depends on the seed only; the intrinsics are a
     centred pinhole with square pixels and a horizontal field of view of ``hfov_deg`` degrees.
     """
+    intrinsics = _checked_intrinsics(seed, width, height, hfov_deg)
+    return render_layout(sample_layout(int(seed), hfov_deg=hfov_deg), intrinsics, shadows=shadows)
+
+
+def _checked_intrinsics(seed: int, width: int, height: int, hfov_deg: float) -> CameraIntrinsics:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"scene seed must be a non-negative integer, got {seed!r}")
     if width < 8 or height < 8:
         raise InputError(f"image size must be at least 8x8 pixels, got {width}x{height}")
     if not 10.0 <= hfov_deg <= 150.0:
         raise InputError(f"hfov_deg must lie in [10, 150] degrees, got {hfov_deg}")
-    intrinsics = CameraIntrinsics.from_hfov(width=width, height=height, hfov_deg=hfov_deg)
-    return render_layout(sample_layout(int(seed), hfov_deg=hfov_deg), intrinsics, shadows=shadows)
+    return CameraIntrinsics.from_hfov(width=width, height=height, hfov_deg=hfov_deg)
+
+
+def render_twin_scene(
+    seed: int,
+    *,
+    width: int = DEFAULT_WIDTH,
+    height: int = DEFAULT_HEIGHT,
+    hfov_deg: float = HFOV_DEG,
+    shadows: bool = True,
+) -> Scene:
+    """Render the twin scene of ``seed`` (``layout.TWIN_SEEDS``: 1,000,000 to 1,999,999): two or
+    three instances of one type and 0-2 other objects (``layout.sample_twin_layout``).
+
+    Its queries are those of any scene (the ambiguous "the handle of the mug", which refers to every
+    instance, and the colour-qualified ones), then the "plural" ones ("the handles of the mugs",
+    ``queries.make_plural_queries``). The ground truth of every instance is
+    ``scene.instance_part_masks(query)``.
+    """
+    intrinsics = _checked_intrinsics(seed, width, height, hfov_deg)
+    scene = render_layout(sample_twin_layout(int(seed), hfov_deg=hfov_deg), intrinsics, shadows=shadows)
+    min_pixels = min_query_pixels(width, height)
+    plural = make_plural_queries(scene.seed, scene.objects, scene.parts, min_pixels=min_pixels)
+    scene.queries = [*scene.queries, *plural]
+    return scene

@@ -47,13 +47,25 @@ class PartInstance:
     point_3d: np.ndarray | None
 
 
+# Query kinds beyond "direct" and "reasoning", never in ``Scene.queries`` of ``render_scene`` (so the
+# shipped scenes, their files and every number measured on them stay as they were):
+# - asked about what is not there, made on request (``queries.make_absent_queries``): an object type
+#   absent from the scene ("the spout of the teapot", no teapot on the table) or a part that a type on
+#   the table does not have ("the spout of the mug"). No part instance: the right answer is "not found".
+# - "plural": "the handles of the mugs", in the twin scenes of ``render_twin_scene`` only.
+ABSENT_KINDS: tuple[str, ...] = ("absent_object", "absent_part")
+PLURAL_KIND = "plural"
+
+
 @dataclass(frozen=True)
 class Query:
     """A language query and the part instances it refers to (the mask is their union).
 
-    ``kind`` is "direct" ("the handle of the mug") or "reasoning" ("where would you grab the mug?").
-    ``ambiguous`` is True when the query names a type present more than once without a colour: it
-    then refers to the part of every such instance.
+    ``kind`` is "direct" ("the handle of the mug"), "reasoning" ("where would you grab the mug?"),
+    "plural" ("the handles of the mugs": every instance) or one of ``ABSENT_KINDS`` (nothing to point
+    at: ``part_ids`` is empty). ``ambiguous`` is True when the query names a type present more than
+    once without a colour: it then refers to the part of every such instance, and a pointer that
+    returns several points should put one on each (``Scene.instance_part_masks``).
     """
 
     text: str
@@ -64,6 +76,11 @@ class Query:
     object_ids: tuple[int, ...]
     colour: str | None = None
     ambiguous: bool = False
+
+    @property
+    def absent(self) -> bool:
+        """True for a question about something that is not in the scene (expected: found is False)."""
+        return self.kind in ABSENT_KINDS
 
 
 @dataclass(eq=False)
@@ -108,6 +125,11 @@ class Scene:
     def query_mask(self, query: Query) -> np.ndarray:
         """The mask a query refers to: union of its part instances, (H, W) bool."""
         return np.isin(self.part_ids, np.asarray(query.part_ids, dtype=self.part_ids.dtype))
+
+    def instance_part_masks(self, query: Query) -> list[np.ndarray]:
+        """One visible mask (H, W) bool per part instance of ``query``, in ``part_ids`` order: the
+        ground truth of "every instance" (two mugs: two handle masks); empty for an absent query."""
+        return [self.part_ids == part_id for part_id in query.part_ids]
 
     def part(self, part_id: int) -> PartInstance:
         for p in self.parts:
