@@ -97,7 +97,7 @@ def test_attention_method_on_both_families(tiny_llava_dir, tiny_qwen_dir, image,
         # (clamped onto the image: a cell partly in the pad-to-square padding has its centre off it)
         x, y = grid.cell_center(int(r), int(c))
         assert (result.x, result.y) == pytest.approx(
-            (min(x, grid.orig_size[0] - 0.5), min(y, grid.orig_size[1] - 0.5))
+            (min(x, grid.orig_size[0] - 1), min(y, grid.orig_size[1] - 1))
         )
 
 

@@ -57,9 +57,10 @@ def cells_on_image(grid, upscale: int = 1) -> np.ndarray:
 
 
 def clamp_to_image(grid, x: float, y: float) -> tuple[float, float]:
-    """(x, y) moved onto the original image (the centre of a cell only partly on it may not be)."""
+    """(x, y) moved onto the original image (the centre of a cell only partly on it may not be):
+    into [0, W - 1] x [0, H - 1], the pixel centres, as every method's points are."""
     width, height = grid.orig_size
-    return min(max(x, 0.0), width - 0.5), min(max(y, 0.0), height - 0.5)
+    return min(max(x, 0.0), width - 1.0), min(max(y, 0.0), height - 1.0)
 
 
 def attention_heatmap(capture: Capture, *, sigma: float = 1.0, size: int = 7) -> np.ndarray:
