@@ -78,3 +78,12 @@ def test_cli_writes_json_and_refuses_a_missing_gpu_in_one_line(tmp_path, capsys)
         assert main(["bench-published", "--device", "cuda"]) != 0
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "torch sees no CUDA GPU here" in err
+
+
+def test_a_subset_of_methods_runs_alone_and_a2p_is_required():
+    report = run_published_bench(
+        "llava-1.5-7b", device="cpu", dtype="float32", scale="tiny", reps=1, warmup=0, methods=("a2p",)
+    )
+    assert set(report["ms"]) == {"a2p"} and math.isnan(report["ratios"]["text_over_a2p"])
+    with pytest.raises(InputError, match="methods must include a2p"):
+        run_published_bench("llava-1.5-7b", device="cpu", scale="tiny", methods=("attention",))

@@ -469,12 +469,10 @@ def test_command_topic_publishes_points_heatmap_and_overlay_of_the_frame(rig):
     command.publish(String(data="the blade of the knife"))
 
     (array,) = points.wait(1)
-    # every instance found (threshold 0 here: each NMS peak counts), the best first
-    assert 1 <= len(array.points) <= 5
-    assert all(p.query == "the blade of the knife" and p.found for p in array.points)
-    assert [p.score for p in array.points][0] == max(p.score for p in array.points)
+    (p,) = array.points  # publish_instances false (default): the best point of the query
+    assert p.query == "the blade of the knife" and p.found
     assert array.header.frame_id == OPTICAL and array.header.stamp != Time()
-    assert all(0 <= p.u < W and 0 <= p.v < H for p in array.points)
+    assert 0 <= p.u < W and 0 <= p.v < H
     # the images of the same answer (the latched ones may first deliver an earlier answer's)
     # (published after the points: they may not be here yet)
     wait_until(lambda: heatmap.messages and heatmap.messages[-1].header == array.header, "its heatmap")
@@ -484,6 +482,28 @@ def test_command_topic_publishes_points_heatmap_and_overlay_of_the_frame(rig):
     values = np.frombuffer(bytes(heat.data), dtype=np.float32)
     assert values.max() > 0 and np.all(values >= 0)
     assert (over.encoding, over.width, over.height) == ("rgb8", W, H)
+
+
+@pytest.mark.ros
+def test_publish_instances_puts_every_instance_of_a_query_on_the_points_topic(rig):
+    node, client_node = rig["node"], rig["client"].node
+    points = Inbox(client_node, PartPointArray, f"{NS}/points", results_qos())
+    wait_for_match(node_publisher(node, f"{NS}/points"))
+    assert node.set_parameters([Parameter("publish_instances", value=True)])[0].successful
+    try:
+        answer = rig["client"].point("the rim of the mug")
+        wait_until(
+            lambda: any(m.header == answer.point.header for m in points.messages), "the answer's points"
+        )
+    finally:
+        node.set_parameters([Parameter("publish_instances", value=False)])
+    array = next(m for m in points.messages if m.header == answer.point.header)
+    # threshold 0 here: each NMS peak of the heatmap counts; the topic holds what the answer lists
+    assert [(p.u, p.v) for p in array.points] == [(p.u, p.v) for p in answer.points]
+    assert len(array.points) >= 1 and (array.points[0].u, array.points[0].v) == (
+        answer.point.u,
+        answer.point.v,
+    )
 
 
 @pytest.mark.ros

@@ -156,6 +156,7 @@ class BackboneAdapter(ABC):
     model: Any  # the transformers model, eval() and requires_grad_(False)
     processor: Any
     info: BackboneInfo
+    quantization: str | None = None  # what the decoder's weights hold (``backbones/quantization.py``)
 
     @classmethod
     @abstractmethod
@@ -170,6 +171,7 @@ class BackboneAdapter(ABC):
         allow_pickle: bool = False,
         crop: bool = False,
         lm_head: bool = True,
+        quantization: str | None = None,
     ) -> BackboneAdapter:
         """Load model + processor with the real ``from_pretrained`` (hub id or local directory).
 
@@ -181,6 +183,9 @@ class BackboneAdapter(ABC):
         never crops ignore it.
         ``lm_head``: False does not build nor read the language-model head: captures (a2p, attention)
         never use it; generation (text pointing) then raises one ``InputError`` line.
+        ``quantization``: None, ``"int8"`` / ``"int4"`` (torchao) or ``"nf4"`` / ``"bnb-int8"``
+        (bitsandbytes): the decoder's linear layers only, quantized as they load; one line when the
+        package or the device is missing (``backbones/quantization.py``).
         """
 
     @abstractmethod

@@ -32,6 +32,7 @@ from part_point_ros.backbones.prefix import (
     image_prefix_length,
     suffix_batch,
 )
+from part_point_ros.backbones.quantization import is_quantized, quantization_for, quiet_torchao
 from part_point_ros.errors import CheckpointError, HeadMismatchError, InputError, UnknownBackboneError
 from part_point_ros.types import HeadRef, ImageGrid
 
@@ -249,11 +250,16 @@ class HFAdapter(BackboneAdapter):
 
     # how a user gets the whole frame seen, for ``field_of_view``; a family that can crop says how
     crop_hint: ClassVar[str] = "the checkpoint's image processor settings (preprocessor_config.json) cut it"
+    # module path of the decoder in the model (``decoder_layers`` are its ``layers``): what is quantized
+    language_model_path: ClassVar[str] = "model.language_model"
 
-    def __init__(self, *, model: Any, processor: Any, info: BackboneInfo) -> None:
+    def __init__(
+        self, *, model: Any, processor: Any, info: BackboneInfo, quantization: str | None = None
+    ) -> None:
         self.model = model
         self.processor = processor
         self.info = info
+        self.quantization = quantization  # None, or the QUANTIZATIONS name its decoder's weights hold
         self._lock = threading.Lock()  # one capture at a time: the decoder config is switched during it
         self._probe_prefix: dict[int, torch.Tensor | None] = {}  # image tokens -> the template's prefix ids
         self._field_of_view: dict[tuple[int, int], str | None] = {}  # frame size -> field_of_view()
@@ -318,7 +324,11 @@ class HFAdapter(BackboneAdapter):
         allow_pickle: bool = False,
         crop: bool = False,
         lm_head: bool = True,
+        quantization: str | None = None,
     ) -> HFAdapter:
+        quantized = quantization_for(
+            quantization, device=device, dtype=dtype, language_model=cls.language_model_path
+        )
         config = read_config(name_or_path)
         if config.model_type not in cls.model_types:
             raise UnknownBackboneError(
@@ -351,18 +361,25 @@ class HFAdapter(BackboneAdapter):
             model_class = without_lm_head(_concrete_model_class(model_class, config))
         from transformers.utils import logging as hf_logging
 
+        extra: dict[str, Any] = {}
+        if quantized is not None:
+            extra["quantization_config"] = quantized.config
+            if quantized.device_map is not None:
+                extra["device_map"] = quantized.device_map
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # its report lists the parts dropped on purpose: ours follows
         try:
-            model, loading = model_class.from_pretrained(
-                name_or_path,
-                config=config,
-                dtype=dtype,
-                attn_implementation=attn_implementation,
-                use_safetensors=None if allow_pickle else True,  # None: safetensors first, then .bin
-                ignore_mismatched_sizes=True,  # refused below, in one line naming the tensors
-                output_loading_info=True,
-            )
+            with quiet_torchao():  # transformers imports torchao when it is installed, quantized or not
+                model, loading = model_class.from_pretrained(
+                    name_or_path,
+                    config=config,
+                    dtype=dtype,
+                    attn_implementation=attn_implementation,
+                    use_safetensors=None if allow_pickle else True,  # None: safetensors first, then .bin
+                    ignore_mismatched_sizes=True,  # refused below, in one line naming the tensors
+                    output_loading_info=True,
+                    **extra,
+                )
         except (OSError, RuntimeError, SafetensorError) as err:
             error = _weights_error(name_or_path, err)
             if error is None:
@@ -372,7 +389,9 @@ class HFAdapter(BackboneAdapter):
             hf_logging.set_verbosity(verbosity)
         check_weight_shapes(name_or_path, loading.get("mismatched_keys"))
         _report_loading(name_or_path, loading, dropped)
-        model.to(device).eval().requires_grad_(False)
+        if quantized is None or quantized.device_map is None:
+            model.to(device)  # a device_map already put every weight on it (bitsandbytes refuses .to)
+        model.eval().requires_grad_(False)
         info = BackboneInfo(
             name=str(name_or_path),
             family=cls.family,
@@ -381,9 +400,26 @@ class HFAdapter(BackboneAdapter):
             num_kv_heads=text.num_key_value_heads,
             head_dim=getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
         )
-        adapter = cls(model=model, processor=cls._load_processor(name_or_path), info=info)
+        adapter = cls(
+            model=model,
+            processor=cls._load_processor(name_or_path),
+            info=info,
+            quantization=None if quantized is None else quantized.name,
+        )
+        if quantized is not None:
+            adapter._check_quantized(name_or_path)
         adapter._set_crop(crop)
         return adapter
+
+    def _check_quantized(self, name_or_path: str) -> None:
+        """Fail loudly when the quantization matched no linear layer of the decoder (a family whose
+        ``language_model_path`` is wrong would otherwise run in full precision, silently)."""
+        linears = [m for m in self.decoder_layers.modules() if hasattr(m, "weight") and m.weight is not None]
+        if not any(is_quantized(m.weight) for m in linears):
+            raise RuntimeError(
+                f"backbone {name_or_path!r}: quantization {self.quantization!r} quantized none of the "
+                f"decoder's weights under {self.language_model_path!r}"
+            )
 
     # ----- inputs ---------------------------------------------------------------------------------
 

@@ -85,13 +85,16 @@ def load_backbone(
     allow_pickle: bool = False,
     crop: bool = False,
     lm_head: bool = True,
+    quantization: str | None = None,
 ) -> BackboneAdapter:
     """Load a supported MLLM (hub id or local directory) behind its family's adapter.
 
     Only safetensors weights are read unless ``allow_pickle`` (UNSAFE: unpickling can run code).
     ``crop``: let the processor crop the frame as the checkpoint ships it (default: the whole frame is
     seen); ``lm_head=False``: the language-model head is neither allocated nor read (a2p and attention
-    never use it; text pointing needs it). See ``BackboneAdapter.from_pretrained``.
+    never use it; text pointing needs it); ``quantization``: ``"int8"`` / ``"int4"`` (torchao),
+    ``"nf4"`` / ``"bnb-int8"`` (bitsandbytes) of the decoder's linear layers, for small-memory GPUs.
+    See ``BackboneAdapter.from_pretrained``.
     """
     config = read_config(name_or_path)
     model_type = getattr(config, "model_type", None)
@@ -110,4 +113,5 @@ def load_backbone(
         allow_pickle=allow_pickle,
         crop=crop,
         lm_head=lm_head,
+        quantization=quantization,
     )

@@ -113,6 +113,8 @@ class SmolVLMAdapter(HFAdapter):
             return smolvlm_image_text_processor_class().from_pretrained(name_or_path)
         return AutoProcessor.from_pretrained(name_or_path)
 
+    language_model_path = "model.text_model"
+
     @property
     def decoder_layers(self) -> nn.ModuleList:
         return self.model.model.text_model.layers

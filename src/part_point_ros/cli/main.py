@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     published.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs")
     published.add_argument("--max-new-tokens", type=int, default=16, help="text: tokens generated (forced)")
     published.add_argument("--compile", action="store_true", help="torch.compile the vision tower")
+    published.add_argument(
+        "--methods", default="a2p,attention,text", help="subset to run, a2p first (default: all three)"
+    )
     published.add_argument("--json", type=Path, help="also write the reports to this JSON file")
 
     demo = sub.add_parser("demo", help="the ROS 2 graph on the synthetic RGB-D world, end to end")
@@ -429,6 +432,7 @@ def cmd_bench_published(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             max_new_tokens=args.max_new_tokens,
             compile_vision=args.compile,
+            methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         )
         reports.append(report)
         print(format_published(report), flush=True)

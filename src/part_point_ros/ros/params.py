@@ -178,6 +178,12 @@ PART_POINT_PARAMS: tuple[ParamSpec, ...] = (
         "RViz Publish Point in (PointStamped, any TF frame): taught under teach_name; empty = off",
         configure_time=True,
     ),
+    ParamSpec(
+        "publish_instances",
+        False,
+        "publish every instance of each query on points_topic (depth_fusion_node lifts each); "
+        "false: the best point per query (the services always answer every instance)",
+    ),
     ParamSpec("teach_name", "", "pop: name a clicked point teaches; empty = the last query asked"),
     # LENS masks
     ParamSpec(

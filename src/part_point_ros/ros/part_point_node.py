@@ -879,14 +879,18 @@ class PartPointNode(LifecycleNode):
     def _publish(
         self, job: _Job, results: list[PointResult], answers: list[_Answer], mask: np.ndarray | None = None
     ) -> None:
-        """Every query's instances (or its not-found point) on the points topic; the heatmap, overlay
+        """Every query's best point (``publish_instances``: every instance) on the points topic; the
+        heatmap, overlay
         and (``masks``) mask of the first query: all zeros when it was not found."""
         if not self._active:
             return
         if "mask" in self._pubs:
             pixels = np.zeros(job.image.shape[:2], np.uint8) if mask is None else mask.astype(np.uint8) * 255
             self._pubs["mask"].publish(numpy_to_image(pixels, "mono8", header=job.header))
-        points = [p for answer in answers for p in (answer.instances or [answer.point])]
+        if self._p("publish_instances"):
+            points = [p for answer in answers for p in (answer.instances or [answer.point])]
+        else:
+            points = [answer.point for answer in answers]
         self._pubs["points"].publish(PartPointArray(header=job.header, points=points))
         result = results[0]
         if self._p("publish_heatmap") and result.heatmap is not None and result.grid is not None:
