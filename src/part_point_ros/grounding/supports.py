@@ -61,8 +61,8 @@ def check_name(name: object) -> str:
     """``name`` if it is a valid support-set name, else one ``InputError`` line."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise InputError(
-            f"bad support-set name {name!r}: use 1-64 letters, digits, '.', '_', \"'\", '-' and single spaces, "
-            "starting with a letter or digit (e.g. mug_handle, drill grip)"
+            f"bad support-set name {name!r}: use 1-64 letters, digits, '.', '_', \"'\", '-' and single "
+            "spaces, starting with a letter or digit (e.g. mug_handle, drill grip)"
         )
     return name
 
