@@ -32,7 +32,7 @@ from part_point_ros.backbones.prefix import (
     image_prefix_length,
     suffix_batch,
 )
-from part_point_ros.backbones.quantization import is_quantized, quantization_for, quiet_torchao
+from part_point_ros.backbones.quantization import is_quantized, quantization_for
 from part_point_ros.errors import CheckpointError, HeadMismatchError, InputError, UnknownBackboneError
 from part_point_ros.types import HeadRef, ImageGrid
 
@@ -369,17 +369,16 @@ class HFAdapter(BackboneAdapter):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # its report lists the parts dropped on purpose: ours follows
         try:
-            with quiet_torchao():  # transformers imports torchao when it is installed, quantized or not
-                model, loading = model_class.from_pretrained(
-                    name_or_path,
-                    config=config,
-                    dtype=dtype,
-                    attn_implementation=attn_implementation,
-                    use_safetensors=None if allow_pickle else True,  # None: safetensors first, then .bin
-                    ignore_mismatched_sizes=True,  # refused below, in one line naming the tensors
-                    output_loading_info=True,
-                    **extra,
-                )
+            model, loading = model_class.from_pretrained(
+                name_or_path,
+                config=config,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                use_safetensors=None if allow_pickle else True,  # None: safetensors first, then .bin
+                ignore_mismatched_sizes=True,  # refused below, in one line naming the tensors
+                output_loading_info=True,
+                **extra,
+            )
         except (OSError, RuntimeError, SafetensorError) as err:
             error = _weights_error(name_or_path, err)
             if error is None:

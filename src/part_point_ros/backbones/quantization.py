@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata, util
 from typing import Any
@@ -116,15 +114,14 @@ def _torchao(key: str, dev: torch.device, dtype: torch.dtype, skip: str) -> Quan
             )
         if dtype != torch.bfloat16:
             raise InputError(f"{what} needs dtype bfloat16 (torchao's int4 CUDA kernel), got {dtype}")
-    with quiet_torchao():
-        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
-        from transformers import TorchAoConfig
+    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
 
-        if key == "int8":
-            method = Int8WeightOnlyConfig()
-        else:
-            method = Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE, int4_packing_format="tile_packed_to_4d")
-        config = TorchAoConfig(method, modules_to_not_convert=[skip])
+    if key == "int8":
+        method = Int8WeightOnlyConfig()
+    else:
+        method = Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE, int4_packing_format="tile_packed_to_4d")
+    config = TorchAoConfig(method, modules_to_not_convert=[skip])
     # on the CPU the weights load there anyway (no accelerate needed); on a GPU they are quantized on it
     device_map = None if dev.type == "cpu" else _device_map(dev, what)
     return Quantization(name=key, config=config, device_map=device_map)
@@ -134,6 +131,12 @@ def _bitsandbytes(key: str, dev: torch.device, dtype: torch.dtype, skip: str) ->
     from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION
 
     what = f"quantization {key!r}"
+    missing = [p for p in ("bitsandbytes", "accelerate") if _version(p) is None or util.find_spec(p) is None]
+    if missing:  # both at once: transformers' bitsandbytes loading needs the two
+        raise MissingDependencyError(
+            f"{what} needs bitsandbytes and accelerate ({' and '.join(missing)} not installed): "
+            "pip install bitsandbytes accelerate"
+        )
     version = _require("bitsandbytes", BITSANDBYTES_MIN_VERSION, what)
     device_map = _device_map(dev, what)
     import bitsandbytes
@@ -158,38 +161,34 @@ def _bitsandbytes(key: str, dev: torch.device, dtype: torch.dtype, skip: str) ->
     return Quantization(name=key, config=config, device_map=device_map)
 
 
-class _DropMessages(logging.Filter):
-    def __init__(self, *starts: str) -> None:
-        super().__init__()
-        self.starts = starts
+class _TorchaoImportNoise(logging.Filter):
+    """Drops what importing torchao logs that says nothing to a user of this package: on a CPU-only
+    torch build, one "Failed to load ..." warning per CUDA-only kernel library it ships
+    (``_C_cutlass_90a``, ``_C_mxfp8``, which cannot load there), and torch's deprecation notice for
+    each torchao Enum registered as a pytree constant. Every other record passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(self.starts)
+        if record.name == "torchao":
+            return not (torch.version.cuda is None and str(record.msg).startswith("Failed to load"))
+        args = record.args if isinstance(record.args, tuple) else ()
+        registered = args[0] if args else None
+        return not str(getattr(registered, "__module__", "")).startswith("torchao")
 
 
-@contextmanager
-def quiet_torchao() -> Iterator[None]:
-    """Drop torchao's import-time noise on a machine without CUDA while this runs: it tries to load its
-    CUDA-only kernels (``_C_cutlass_90a``, ``_C_mxfp8``) and logs a warning for each, and torch warns
-    about the Enums it registers for ``torch.compile``. Neither matters for what is used here.
+_NOISE = _TorchaoImportNoise()
 
-    transformers imports torchao on every ``from_pretrained`` once it is installed, quantized or not,
-    so the adapters load inside this. Only those messages are dropped; on a CUDA machine none is.
-    """
-    if torch.cuda.is_available():
-        yield
-        return
-    filters = [
-        (logging.getLogger("torchao"), _DropMessages("Failed to load")),
-        (logging.getLogger("torch.utils._pytree"), _DropMessages("<enum ")),
-    ]
-    for log, drop in filters:
-        log.addFilter(drop)
-    try:
-        yield
-    finally:
-        for log, drop in filters:
-            log.removeFilter(drop)
+
+def quiet_torchao_import_noise() -> None:
+    """Install ``_TorchaoImportNoise`` (once). Called when this module is imported, before any
+    transformers model module: transformers imports torchao with ``modeling_utils`` once torchao is
+    installed, quantized or not, so every process that loads a backbone would print them."""
+    for name in ("torchao", "torch.utils._pytree"):
+        log = logging.getLogger(name)
+        if _NOISE not in log.filters:
+            log.addFilter(_NOISE)
+
+
+quiet_torchao_import_noise()
 
 
 def is_quantized(weight: torch.Tensor) -> bool:
@@ -210,5 +209,6 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
 
 
 def weight_bytes(module: nn.Module) -> int:
-    """Bytes of ``module``'s parameters and buffers as they are stored (quantized ones included)."""
+    """Bytes of ``module``'s parameters and buffers as they are stored (quantized ones included; a
+    bitsandbytes 4-bit weight counts its packed data, not its small quantization state)."""
     return sum(tensor_bytes(t) for t in (*module.parameters(), *module.buffers()))

@@ -162,6 +162,7 @@ def run_bench(
     allow_pickle: bool = False,
     memory: bool = True,
     crop: bool = False,
+    quantization: str | None = None,
 ) -> dict[str, Any]:
     """Time every method and stage; return a JSON-ready report. ``memory``: also the peak memory of the
     whole model vs what a2p loads (``run_memory_bench``: the random ``MEMORY_MODEL``, or ``backbone``
@@ -186,7 +187,9 @@ def run_bench(
                     image_size=224,
                 )
             )
-        adapter = load_backbone(name, device=device, dtype=dtype, allow_pickle=allow_pickle, crop=crop)
+        adapter = load_backbone(
+            name, device=device, dtype=dtype, allow_pickle=allow_pickle, crop=crop, quantization=quantization
+        )
         info = adapter.info
         head_refs = _bench_heads(info, heads)
         torch.manual_seed(0)
@@ -246,6 +249,7 @@ def run_bench(
             "tiny_backbone": backbone is None,
             "device": str(adapter.device),
             "dtype": dtype,
+            "quantization": quantization,
             "heads": [str(h) for h in head_refs],
             "grid": list(grid),
             "head_parameters": head.num_parameters(),
@@ -329,7 +333,8 @@ def format_report(report: dict[str, Any]) -> str:
     info = report["backbone"]
     lines = [
         f"backbone {info['name']} ({info['family']}, {info['num_layers']} layers) on {report['device']} "
-        f"{report['dtype']}; heads {', '.join(report['heads'])}; "
+        f"{report['dtype']}{' ' + report['quantization'] if report.get('quantization') else ''}; "
+        f"heads {', '.join(report['heads'])}; "
         f"grid {report['grid'][0]}x{report['grid'][1]}; "
         f"median of {report['reps']} after {report['warmup']} warm-up",
         "",

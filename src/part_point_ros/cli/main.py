@@ -19,6 +19,8 @@ from part_point_ros.cli import backbone_commands, train_commands
 from part_point_ros.grounding.inputs import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
 
 PROG = "part-point"
+# the names ``load_backbone(quantization=...)`` takes (backbones/quantization.py, not imported here: torch)
+QUANTIZATIONS = ("int8", "int4", "nf4", "bnb-int8")
 # Verbs other parts of the project will fill in; until then they say so and exit 2.
 PLACEHOLDER_ISSUES: dict[str, str] = {}
 
@@ -37,6 +39,12 @@ def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let the processor crop the frame as the checkpoint ships it (LLaVA-1.5: centre crop); "
         "default: pad to a square so the whole frame is seen",
+    )
+    parser.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        help="quantize the backbone's decoder weights as they load: int8 (torchao; cpu or cuda), int4 "
+        "(torchao; cuda, bfloat16), nf4 or bnb-int8 (bitsandbytes + accelerate); default: none",
     )
     parser.add_argument(
         "--allow-pickle-weights",
@@ -261,6 +269,7 @@ def cmd_point(args: argparse.Namespace) -> int:
         max_aspect_ratio=max_ratio,
         allow_pickle=args.allow_pickle_weights,
         crop=args.crop,
+        quantization=args.quantization,
         **_pop_kwargs(args),
     )
     result = pointer.point(image, query)
@@ -371,6 +380,7 @@ def cmd_select_heads(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         allow_pickle=args.allow_pickle_weights,
         crop=args.crop,
+        quantization=args.quantization,
         lm_head=False,
     )
     n = min(len(dataset), args.max_samples)
@@ -411,6 +421,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle_weights,
         memory=args.memory,
         crop=args.crop,
+        quantization=args.quantization,
     )
     print(json.dumps(_json_safe(report), indent=2) if args.json else format_report(report))
     return 0

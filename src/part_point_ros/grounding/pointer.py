@@ -315,6 +315,7 @@ class PartPointer:
         attn_implementation: str = "sdpa",
         allow_pickle: bool = False,
         crop: bool = False,
+        quantization: str | None = None,
         extractor: str = "dinov3",
         extractor_model: str | None = None,
         support: str | None = None,
@@ -332,8 +333,10 @@ class PartPointer:
         the support sets of ``support_root`` (default: the user's data dir): the set named
         ``support`` for every query, else the set named like each query. ``options`` go to ``__init__``.
         ``crop``: let the processor crop the frame as the checkpoint ships it (default: the whole frame,
-        padded to a square where the processor would crop). Only the method's needs are loaded: no
-        language-model head unless the method generates (text), no layer past the deepest head.
+        padded to a square where the processor would crop). ``quantization``: None, "int8" / "int4"
+        (torchao), "nf4" / "bnb-int8" (bitsandbytes) of the backbone's decoder, for small-memory GPUs.
+        Only the method's needs are loaded: no language-model head unless the method generates (text),
+        no layer past the deepest head.
         Backbone weights are read from safetensors only; ``allow_pickle=True`` also accepts pickled
         ``pytorch_model.bin`` files, which is UNSAFE: unpickling can run code from the file.
         """
@@ -348,6 +351,7 @@ class PartPointer:
             "attn_implementation": attn_implementation,
             "allow_pickle": allow_pickle,
             "crop": crop,
+            "quantization": quantization,
             "lm_head": POINTING_METHODS[method].needs_lm_head,
         }
         head_module = None
@@ -458,4 +462,5 @@ class PartPointer:
             "threshold": self.threshold,
             # None: every pixel of a 640x480 frame reaches the model; else what is cut and how to keep it
             "field_of_view_640x480": self.backbone.field_of_view((640, 480)),
+            "quantization": getattr(self.backbone, "quantization", None),
         }

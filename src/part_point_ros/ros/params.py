@@ -95,6 +95,14 @@ PART_POINT_PARAMS: tuple[ParamSpec, ...] = (
         "dtype", "float32", "model dtype", choices=("float32", "float16", "bfloat16"), configure_time=True
     ),
     ParamSpec(
+        "quantization",
+        "",
+        "quantize the backbone's decoder weights as they load; empty = none (int8: torchao, cpu or cuda; "
+        "int4: torchao, cuda and bfloat16; nf4, bnb-int8: bitsandbytes and accelerate)",
+        choices=("", "int8", "int4", "nf4", "bnb-int8"),
+        configure_time=True,
+    ),
+    ParamSpec(
         "max_query_chars", MAX_QUERY_CHARS, "longest query accepted", ints=(1, 100000), configure_time=True
     ),
     ParamSpec(

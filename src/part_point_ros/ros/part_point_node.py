@@ -427,6 +427,7 @@ class PartPointNode(LifecycleNode):
             method=method,
             device=self._p("device"),
             dtype=self._p("dtype"),
+            quantization=self._p("quantization") or None,
             heads=self._p("heads_file") or None,
             max_query_chars=self._p("max_query_chars"),
             max_image_pixels=self._p("max_image_pixels"),
