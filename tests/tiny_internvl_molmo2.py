@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from part_point_ros.backbones.tiny import DEFAULT_WORDS, word_level_tokenizer
+from part_point_ros.backbones.tiny import DEFAULT_WORDS, _init_weights, word_level_tokenizer
 
 CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
@@ -62,20 +62,6 @@ MOLMO2_IMAGE_SPECIALS = (
     "<|image|>",
     "<|video|>",
 )
-
-
-def _wide_init(model: torch.nn.Module, seed: int, std: float = 0.2) -> None:
-    """Deterministic random weights spread widely enough that an untrained model's attention is peaked;
-    norms stay at 1, biases and 1D scales small."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in sorted(model.named_parameters()):
-            if name.endswith("norm.weight") or "layernorm" in name.lower():
-                param.fill_(1.0)
-            elif param.ndim == 1:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
-            else:
-                param.copy_(torch.randn(param.shape, generator=gen) * std)
 
 
 def build_tiny_internvl(
@@ -156,7 +142,7 @@ def build_tiny_internvl(
     )
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
-    _wide_init(model, seed)
+    _init_weights(model, seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)
@@ -251,7 +237,7 @@ def build_tiny_molmo2(
     )
     torch.manual_seed(seed)
     model = Molmo2ForConditionalGeneration(config).eval()
-    _wide_init(model, seed)
+    _init_weights(model, seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)

@@ -510,6 +510,11 @@ class HFAdapter(BackboneAdapter):
         inputs, grid = self.prepare(image, self.build_prompt(instruction))
         return self._capture_prompt(inputs, grid, heads, truncate=truncate)
 
+    def _first_query_row(self, ids: torch.Tensor) -> int:
+        """The first causal text row of a prompt ``ids`` (S,): right after the last image token (multi-crop:
+        past every tile). A family whose image block ends later overrides this."""
+        return int(torch.nonzero(ids == self.image_token_id).max()) + 1
+
     def _capture_prompt(
         self,
         inputs: dict[str, torch.Tensor],
@@ -522,8 +527,7 @@ class HFAdapter(BackboneAdapter):
         """One prefill of a whole prompt (processor ``inputs``); ``cache``: a KV cache it fills as it goes."""
         ids = inputs["input_ids"][0]
         image_positions = self.image_token_positions(ids).cpu()
-        last_image = int(torch.nonzero(ids == self.image_token_id).max())  # multi-crop: past every tile
-        text_positions = torch.arange(last_image + 1, ids.shape[0])
+        text_positions = torch.arange(self._first_query_row(ids), ids.shape[0])
         with self._lock:
             qkv = capture_qkv(
                 lambda: self.model.model(**inputs, past_key_values=cache, use_cache=cache is not None),

@@ -41,11 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from part_point_ros.backbones.base import Capture
-from part_point_ros.backbones.capture import capture_qkv
-from part_point_ros.backbones.hf_adapter import HFAdapter, _as_capture
+from part_point_ros.backbones.hf_adapter import HFAdapter
 from part_point_ros.backbones.prefix import PROBES, ImagePrefix, common_prefix_length, image_prefix_length
-from part_point_ros.types import HeadRef, ImageGrid
+from part_point_ros.types import ImageGrid
 
 
 @cache
@@ -303,28 +301,9 @@ class Molmo2Adapter(HFAdapter):
             raise ValueError("the prompt has no image block")
         return int(inside[0]), int(inside[-1]) + 1
 
-    def _capture_prompt(
-        self,
-        inputs: dict[str, torch.Tensor],
-        grid: ImageGrid,
-        heads: tuple[HeadRef, ...],
-        *,
-        truncate: bool,
-        cache: Any = None,
-    ) -> Capture:
-        """``HFAdapter._capture_prompt`` with the query rows after the whole image block (``_block_span``)."""
-        ids = inputs["input_ids"][0]
-        image_positions = self.image_token_positions(ids).cpu()
-        text_positions = torch.arange(self._block_span(ids)[1], ids.shape[0])
-        with self._lock:
-            qkv = capture_qkv(
-                lambda: self.model.model(**inputs, past_key_values=cache, use_cache=cache is not None),
-                self.attention_modules,
-                heads,
-                text_positions,
-                truncate=truncate,
-            )
-        return _as_capture(qkv, heads, image_positions, text_positions, grid)
+    def _first_query_row(self, ids: torch.Tensor) -> int:
+        """After the whole image block (``_block_span``), not after its last patch token."""
+        return self._block_span(ids)[1]
 
     # ----- image-prefix reuse: the image block depends on the crop layout, not only its token count --
 
