@@ -100,3 +100,18 @@ def test_builder_vocab_words_reach_the_tokenizer(tmp_path):
     tok = AutoTokenizer.from_pretrained(path)
     assert tok.unk_token_id not in tok("the teapot spatula")["input_ids"]
     assert tok("the zorblax")["input_ids"][-1] == tok.unk_token_id
+
+
+def test_an_unsupported_family_is_named_before_any_advice_on_heads(tmp_path):
+    """Issue #12: attention with no heads file on a GPT-2 says 'not supported', not 'select heads'."""
+    from transformers import GPT2Config
+
+    from part_point_ros.grounding import PartPointer
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    for method in ("attention", "pop", "text"):
+        with pytest.raises(UnknownBackboneError) as err:
+            PartPointer.from_pretrained(str(tmp_path), method=method)
+        assert "'gpt2' model, which is not supported" in str(err.value) and "select-heads" not in str(
+            err.value
+        )

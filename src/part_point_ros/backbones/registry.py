@@ -75,6 +75,20 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[key]
 
 
+def adapter_for(name_or_path: str) -> type[BackboneAdapter]:
+    """The adapter class of a checkpoint (its config.json only), or one UnknownBackboneError line
+    naming its model type and the supported ones: the first check a load makes."""
+    config = read_config(name_or_path)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in REGISTRY:
+        supported = ", ".join(sorted(REGISTRY))
+        raise UnknownBackboneError(
+            f"{name_or_path!r} is a {model_type!r} model, which is not supported; "
+            f"supported model types: {supported}"
+        )
+    return REGISTRY[model_type]
+
+
 def load_backbone(
     name_or_path: str,
     *,
@@ -96,15 +110,7 @@ def load_backbone(
     ``"nf4"`` / ``"bnb-int8"`` (bitsandbytes) of the decoder's linear layers, for small-memory GPUs.
     See ``BackboneAdapter.from_pretrained``.
     """
-    config = read_config(name_or_path)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in REGISTRY:
-        supported = ", ".join(sorted(REGISTRY))
-        raise UnknownBackboneError(
-            f"{name_or_path!r} is a {model_type!r} model, which is not supported; "
-            f"supported model types: {supported}"
-        )
-    return REGISTRY[model_type].from_pretrained(
+    return adapter_for(name_or_path).from_pretrained(
         name_or_path,
         device=device,
         dtype=parse_dtype(dtype),

@@ -364,6 +364,9 @@ class PartPointer:
             load["max_layer"] = max(layer for layer, _ in head_module.config.heads)
         elif backbone is None:
             raise InputError(f"method {method!r} needs a backbone (hub id or directory)")
+        from part_point_ros.backbones.registry import adapter_for
+
+        adapter_for(str(backbone))  # an unsupported family is named first, before any advice on heads
         if method in ("attention", "pop"):
             head_refs, _ = _resolve_heads(heads, str(backbone))
             if k < 1:
