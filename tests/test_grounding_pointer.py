@@ -268,3 +268,19 @@ def test_head_deeper_than_the_backbone_is_refused(tmp_path, image):
     head_dir = make_head(deep, tmp_path / "head", [(3, 0)])
     with pytest.raises(HeadMismatchError, match="need layer 3"):
         PartPointer.from_pretrained(backbone=str(shallow), head=str(head_dir))
+
+
+def test_compiled_vision_tower_gives_the_same_point(tiny_llava_dir, image, tmp_path):
+    """compile_vision=True (torch.compile of the vision tower, inductor on the CPU here) changes speed,
+    not answers."""
+    heads_path = HeadsFile(backbone={}, heads=[(HeadRef(2, 1), 0.5), (HeadRef(3, 0), 0.4)], k=2).save(
+        tmp_path / "heads.json"
+    )
+    options = {"backbone": str(tiny_llava_dir), "method": "attention", "heads": str(heads_path)}
+    eager = PartPointer.from_pretrained(**options)
+    compiled = PartPointer.from_pretrained(**options, compile_vision=True)
+    tower = compiled.backbone.model.model.vision_tower
+    assert type(tower).__name__ == "OptimizedModule"  # torch.compile's wrapper
+    a, b = eager.point(image, QUERY), compiled.point(image, QUERY)
+    np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-4)
+    assert (a.x, a.y) == (b.x, b.y)

@@ -132,7 +132,7 @@ def run_published_bench(
         deepest = None if method == "text" else max(h.layer for h in heads)
         backbone = build_random_backbone(name, device=dev, dtype=torch_dtype, scale=scale, max_layer=deepest)
         if compile_vision:
-            _compile_vision(backbone)
+            backbone.compile_vision()
         options: dict[str, Any] = {"backbone": backbone, "method": method}
         if method == "a2p":
             info = backbone.info
@@ -165,14 +165,6 @@ def run_published_bench(
     }
     report["full_layers"] = full_layers
     return report
-
-
-def _compile_vision(backbone: Any) -> None:
-    """``torch.compile`` the vision tower (the image's share of a new frame; the decoder is left as
-    it is: the capture switches its attention function per call)."""
-    inner = backbone.model.model
-    name = "vision_tower" if hasattr(inner, "vision_tower") else "visual"
-    setattr(inner, name, torch.compile(getattr(inner, name)))
 
 
 def format_published(report: dict[str, Any]) -> str:

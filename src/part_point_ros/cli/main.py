@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help=f"refuse images whose long side is over R x the short side (default {MAX_ASPECT_RATIO:g})",
     )
+    point.add_argument(
+        "--compile", action="store_true", help="torch.compile the vision tower (the first frame compiles it)"
+    )
     point.add_argument("--json", action="store_true", help="print one JSON object")
     point.add_argument("--overlay", metavar="OUT.png", help="write the image with heatmap and point")
     _add_backbone_options(point)
@@ -270,6 +273,7 @@ def cmd_point(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle_weights,
         crop=args.crop,
         quantization=args.quantization,
+        compile_vision=args.compile,
         **_pop_kwargs(args),
     )
     result = pointer.point(image, query)

@@ -316,6 +316,7 @@ class PartPointer:
         allow_pickle: bool = False,
         crop: bool = False,
         quantization: str | None = None,
+        compile_vision: bool = False,
         extractor: str = "dinov3",
         extractor_model: str | None = None,
         support: str | None = None,
@@ -332,6 +333,7 @@ class PartPointer:
         "llava-tower": the LLaVA backbone's own vision tower, shared, or ``extractor_model``'s), and
         the support sets of ``support_root`` (default: the user's data dir): the set named
         ``support`` for every query, else the set named like each query. ``options`` go to ``__init__``.
+        ``compile_vision``: ``torch.compile`` the vision tower (the first frame of a size compiles it).
         ``crop``: let the processor crop the frame as the checkpoint ships it (default: the whole frame,
         padded to a square where the processor would crop). ``quantization``: None, "int8" / "int4"
         (torchao), "nf4" / "bnb-int8" (bitsandbytes) of the backbone's decoder, for small-memory GPUs.
@@ -383,6 +385,8 @@ class PartPointer:
                 f"{what} need layer {load['max_layer']}, which backbone {str(backbone)!r} does not have: "
                 "they were made for another backbone"
             ) from err
+        if compile_vision:
+            adapter.compile_vision()
         if method == "pop":
             options.update(_pop_options(adapter, extractor, extractor_model, support, support_root, device))
         return cls(backbone=adapter, method=method, head=head_module, heads=head_refs, **options)
