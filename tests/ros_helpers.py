@@ -211,3 +211,37 @@ def camera_info_msg(camera, kind: str | None = None, header=None):
         values[index] = value
         setattr(info, field, values)
     return info
+
+
+class ServiceClient:
+    """Service clients of a helper node; every call waits for its answer (``timeout`` s), and the
+    lifecycle calls of a node by name."""
+
+    def __init__(self, ros, name: str, timeout: float = 30.0) -> None:
+        self.node = ros.node(name)
+        self.timeout = timeout
+        self._clients = {}
+
+    def client(self, srv_type, name: str):
+        if name not in self._clients:
+            client = self.node.create_client(srv_type, name)
+            assert client.wait_for_service(timeout_sec=self.timeout), f"service {name} did not appear"
+            self._clients[name] = client
+        return self._clients[name]
+
+    def call(self, srv_type, name: str, request):
+        future = self.client(srv_type, name).call_async(request)
+        wait_until(future.done, f"the answer of {name}", self.timeout)
+        return future.result()
+
+    def transition(self, node: str, transition_id: int) -> bool:
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        request = ChangeState.Request(transition=Transition(id=transition_id))
+        return self.call(ChangeState, f"/{node}/change_state", request).success
+
+    def state(self, node: str) -> str:
+        from lifecycle_msgs.srv import GetState
+
+        return self.call(GetState, f"/{node}/get_state", GetState.Request()).current_state.label

@@ -17,7 +17,7 @@ pytest.importorskip("rclpy", reason="rclpy is not importable: run scripts/setup.
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
-from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from part_point_ros.msg import PartPointArray  # noqa: E402
 from part_point_ros.srv import PointPart, PointParts  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -25,6 +25,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from ros_helpers import (  # noqa: E402, F401
     BAD_CAMERA_INFO,
     Inbox,
+    ServiceClient,
     camera_info_msg,
     node_publisher,
     ros_fixture,
@@ -97,37 +98,17 @@ def synced(node) -> bool:
     return color is not None and not isinstance(node.camera.depth_near(color.header.stamp, 0.05), str)
 
 
-class Client:
-    """Service clients of a helper node; every call waits for its answer (with a timeout)."""
+class Client(ServiceClient):
+    """The rig's client: PointPart / PointParts calls with its defaults."""
 
     def __init__(self, ros, name: str) -> None:
-        self.node = ros.node(name)
-        self._clients = {}
-
-    def client(self, srv_type, name: str):
-        if name not in self._clients:
-            client = self.node.create_client(srv_type, name)
-            assert client.wait_for_service(timeout_sec=CALL_TIMEOUT_S), f"service {name} did not appear"
-            self._clients[name] = client
-        return self._clients[name]
-
-    def call(self, srv_type, name: str, request):
-        future = self.client(srv_type, name).call_async(request)
-        wait_until(future.done, f"the answer of {name}", CALL_TIMEOUT_S)
-        return future.result()
+        super().__init__(ros, name, timeout=CALL_TIMEOUT_S)
 
     def point(self, query: str = QUERY, service: str = SERVICE, **fields) -> PointPart.Response:
         return self.call(PointPart, service, PointPart.Request(query=query, **fields))
 
     def point_parts(self, queries, **fields) -> PointParts.Response:
         return self.call(PointParts, PARTS_SERVICE, PointParts.Request(queries=list(queries), **fields))
-
-    def transition(self, node: str, transition_id: int) -> bool:
-        request = ChangeState.Request(transition=Transition(id=transition_id))
-        return self.call(ChangeState, f"/{node}/change_state", request).success
-
-    def state(self, node: str) -> str:
-        return self.call(GetState, f"/{node}/get_state", GetState.Request()).current_state.label
 
 
 @pytest.fixture(scope="module")

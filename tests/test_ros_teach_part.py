@@ -20,10 +20,9 @@ pytest.importorskip("rclpy", reason="rclpy is not importable: run scripts/setup.
 from builtin_interfaces.msg import Time  # noqa: E402
 from geometry_msgs.msg import PointStamped  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
-from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from part_point_ros.srv import PointPart, TeachPart  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from ros_helpers import Inbox, ros_fixture, wait_for_match, wait_until  # noqa: E402, F401
+from ros_helpers import Inbox, ServiceClient, ros_fixture, wait_for_match, wait_until  # noqa: E402, F401
 from sam_helpers import build_tiny_sam  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -41,26 +40,6 @@ CAMERA = f"{NS}/camera"
 NODE = "teach_test_node"
 SEED, W, H = 3, 160, 120
 OPTICAL = "camera_color_optical_frame"
-
-
-class Client:
-    """Service calls from a helper node, each waiting for its answer."""
-
-    def __init__(self, ros, name: str) -> None:
-        self.node = ros.node(name)
-        self._clients = {}
-
-    def call(self, srv_type, name: str, request, timeout: float = 60.0):
-        if name not in self._clients:
-            self._clients[name] = self.node.create_client(srv_type, name)
-            assert self._clients[name].wait_for_service(timeout_sec=timeout), f"no service {name}"
-        future = self._clients[name].call_async(request)
-        wait_until(future.done, f"the answer of {name}", timeout)
-        return future.result()
-
-    def transition(self, node: str, transition_id: int) -> bool:
-        request = ChangeState.Request(transition=Transition(id=transition_id))
-        return self.call(ChangeState, f"/{node}/change_state", request).success
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +94,7 @@ def rig(ros, tmp_path_factory):
             parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
         )
     )
-    client = Client(ros, "teach_test_client")
+    client = ServiceClient(ros, "teach_test_client", timeout=60.0)
     assert client.transition(NODE, Transition.TRANSITION_CONFIGURE), node.last_error
     assert client.transition(NODE, Transition.TRANSITION_ACTIVATE)
     truth = Inbox(client.node, String, f"{NS}/ground_truth", latched_qos())
