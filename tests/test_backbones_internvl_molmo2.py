@@ -268,7 +268,9 @@ def test_molmo2_prompt_ids_need_the_crop_layout(tmp_path):
 
 def test_molmo2_torch_image_processor_equals_torchvisions(tmp_path):
     """Where torchvision is installed: the stock processor and the torch-only one give the same tensors."""
-    pytest.importorskip("torchvision")
+    pytest.importorskip(
+        "torchvision", reason="the stock Molmo2 image processor this compares against needs torchvision"
+    )
     from PIL import Image
     from transformers.models.molmo2.image_processing_molmo2 import Molmo2ImageProcessor
 

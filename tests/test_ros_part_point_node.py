@@ -346,6 +346,8 @@ def test_service_bench_measures_every_row_and_finds_the_same_points(rig):
     ]
     assert all(len(r.ms) == 2 and min(r.ms) > 0 and len(r.node_ms) == 2 for r in rows)
     assert shift <= 1e-3
+    with pytest.raises(RuntimeError, match="the node did not serve the request '<image>'"):
+        bench.one("<image>", frame)  # refused (a special token): never timed as if it were served
     text = table(rows)
     assert text.count("\n") == 5 and "| 1 query, new frame |" in text and "1.00x" in text
 

@@ -142,7 +142,7 @@ def build_random_backbone(
         text = dict(text, num_hidden_layers=max_layer + 1)
     torch.manual_seed(seed)
     build = _build_llava if spec.family == "llava" else _build_qwen
-    model, processor, adapter_class = build(text, vision)
+    config, processor, adapter_class = build(text, vision)
     info = BackboneInfo(
         name=f"random {name} ({scale})",
         family=spec.family,
@@ -152,7 +152,7 @@ def build_random_backbone(
         head_dim=text["hidden_size"] // text["num_attention_heads"],
     )
     with torch.device(device):
-        module = adapter_class._model_class()._from_config(model, dtype=dtype)
+        module = adapter_class._model_class()._from_config(config, dtype=dtype)
     module.eval().requires_grad_(False)
     module.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     module.generation_config.eos_token_id = None  # random weights: every answer has max_new_tokens

@@ -378,6 +378,7 @@ class StoreSupports(Mapping[str, SupportSet]):
             sets[name] = cached[1]
         return sets
 
+    # Mapping's defaults would list the store once per key; each of these lists it once.
     def __getitem__(self, name: str) -> SupportSet:
         return self._sets()[name]
 
@@ -386,3 +387,12 @@ class StoreSupports(Mapping[str, SupportSet]):
 
     def __len__(self) -> int:
         return len(self.store.list())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._sets()
+
+    def items(self):  # noqa: ANN201 - a dict's items view
+        return self._sets().items()
+
+    def values(self):  # noqa: ANN201 - a dict's values view
+        return self._sets().values()

@@ -110,10 +110,18 @@ class ServiceBench:
         )
 
     def one(self, query: str, image: Image) -> PointPart.Response:
-        return self._call(self.part, PointPart.Request(query=query, image=image))
+        answer = self._call(self.part, PointPart.Request(query=query, image=image))
+        _check_served(answer.point, answer.message)
+        return answer
 
     def many(self, queries: Sequence[str], image: Image) -> PointParts.Response:
-        return self._call(self.parts, PointParts.Request(queries=list(queries), image=image))
+        answer = self._call(self.parts, PointParts.Request(queries=list(queries), image=image))
+        if len(answer.points) != len(queries):
+            raise RuntimeError(f"PointParts answered {len(answer.points)} points for {len(queries)} queries: "
+                               f"{answer.message}")  # fmt: skip
+        for point in answer.points:
+            _check_served(point, point.message)
+        return answer
 
     def run(
         self, frame: Image, queries: Sequence[str], *, rounds: int, warmup: int
@@ -153,10 +161,6 @@ class ServiceBench:
             )
             timed(rows[3], keep, lambda: self.one(queries[1], image), ms)  # noqa: B023 - called at once
             many_points, single_points = many.points, [a.point for a in singles]
-            if len(many_points) != n:
-                raise RuntimeError(
-                    f"PointParts answered {len(many_points)} points for {n} queries: {many.message}"
-                )
             for a, b in zip(many_points, single_points, strict=True):
                 both = np.array([[a.u, a.v], [b.u, b.v]], dtype=np.float64)
                 if np.isfinite(both).all():
@@ -164,6 +168,13 @@ class ServiceBench:
                 elif np.isfinite(both).any():
                     shift = float("inf")  # one found a point, the other none
         return rows, shift
+
+
+def _check_served(point: Any, message: str) -> None:
+    """A timing means something only for a request the node served (found, or "part not found: ...");
+    a refused one (busy, not active, no support set taught, ...) ends the run with its reason."""
+    if not (point.found or point.message.startswith("part not found")):
+        raise RuntimeError(f"the node did not serve the request {point.query!r}: {message}")
 
 
 def table(rows: list[Row]) -> str:

@@ -26,23 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+
+from part_point_ros.sim.ground_truth import innermost_pixel
+from part_point_ros.training.metrics import point_hit
 
 TEST_SEED0, TRAIN_SEED0 = 200000, 0
-
-
-def innermost_pixel(mask: np.ndarray) -> tuple[float, float]:
-    """(u, v) of the mask pixel farthest from its border: where a user clicks a part."""
-    distance = ndimage.distance_transform_edt(mask)
-    row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return float(col), float(row)
-
-
-def _hit(mask: np.ndarray, x: float, y: float) -> bool:
-    if not (np.isfinite(x) and np.isfinite(y)):
-        return False
-    row, col = int(round(y)), int(round(x))
-    return 0 <= row < mask.shape[0] and 0 <= col < mask.shape[1] and bool(mask[row, col])
 
 
 def _direct_queries(scene: Any) -> list[Any]:
@@ -63,7 +51,8 @@ def support_examples(
         for q in _direct_queries(scene):
             key = (q.object_type, q.part)
             if key in examples and len(examples[key]) < shots:
-                examples[key].append((scene.rgb, innermost_pixel(scene.part_masks[q.part_ids[0]])))
+                u, v = innermost_pixel(scene.part_masks[q.part_ids[0]])  # a visible part: never None
+                examples[key].append((scene.rgb, (float(u), float(v))))
     return examples
 
 
@@ -110,7 +99,7 @@ def run_few_shot(
                         for image, point in examples[key][: int(name.split()[1].split("-")[0])]:
                             pointer.teach(q.text, image, point)
                     result = pointer.point(scene.rgb, q.text)
-                    hits.setdefault(name, []).append(_hit(mask, result.x, result.y))
+                    hits.setdefault(name, []).append(point_hit(mask, result.x, result.y))
         if log:
             log(f"{len(next(iter(hits.values()), []))} queries scored, {skipped} skipped")
     return {

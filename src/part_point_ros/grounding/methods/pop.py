@@ -272,12 +272,13 @@ class PopMethod(PointingMethod):
         and surrounding spaces)."""
         if isinstance(self.supports, SupportSet):
             return self.supports
-        if query in self.supports:
-            return self.supports[query]
-        folded = {key.strip().lower(): value for key, value in self.supports.items()}
+        table = dict(self.supports.items())  # one read of a store-backed mapping per query
+        if query in table:
+            return table[query]
+        folded = {key.strip().lower(): value for key, value in table.items()}
         if query.strip().lower() in folded:
             return folded[query.strip().lower()]
-        taught = ", ".join(sorted(self.supports)) or "none yet"
+        taught = ", ".join(sorted(table)) or "none yet"
         raise InputError(
             f"no support set for query {query!r} (taught: {taught}): teach it first (part-point teach, "
             "the /teach_part service, or RViz's Publish Point tool), or ask for a taught name"
