@@ -50,6 +50,36 @@ def test_dense_targets_are_the_part_shares_of_the_processors_token_grid(scene, t
                 assert np.abs(mine - expected).max() < 0.1 and np.abs(mine - expected).mean() < 0.005, part
 
 
+def test_mirrored_targets_are_the_targets_of_the_mirrored_frame(scene, tmp_path):
+    """The vision stage's --flip: mirroring a batch's targets gives exactly the targets of the
+    mirrored frame, and flipping its pixel tensor gives the processor's tensor of the mirrored frame."""
+    from transformers import AutoProcessor
+
+    from part_point_ros.backbones.tiny import build_tiny_llava
+    from part_point_ros.tabletop.model import pixel_tensor
+    from part_point_ros.tabletop.targets import mirror, stacked_targets
+
+    facts = SceneFacts.from_scene(scene)
+    ids = np.stack([scene.part_ids, scene.part_ids])
+    mirrored = mirror(stacked_targets(ids, [facts, facts], 20), 20, np.array([True, False]))
+    direct = stacked_targets(ids[:, :, ::-1].copy(), [facts, facts], 20)
+    as_torch = mirror(
+        {k: torch.as_tensor(v) for k, v in stacked_targets(ids, [facts, facts], 20).items()},
+        20,
+        np.array([True, False]),
+    )
+    for name in GROUPS:
+        assert np.array_equal(mirrored[name][0], direct[name][0]), name
+        assert np.array_equal(as_torch[name].numpy(), mirrored[name]), name
+        assert np.array_equal(mirrored[name][1], stacked_targets(ids[:1], [facts], 20)[name][0]), name  # kept
+        assert not np.array_equal(mirrored[name][0], mirrored[name][1]), name
+    processor = AutoProcessor.from_pretrained(
+        build_tiny_llava(tmp_path / "m", vocab_words=["mug"], **MODEL_CONFIG)
+    )
+    pixels = pixel_tensor(processor, np.stack([scene.rgb, scene.rgb[:, ::-1].copy()])).float()
+    assert (pixels[0].flip(-1) - pixels[1]).abs().max() < 0.02
+
+
 def test_packed_questions_compute_exactly_their_single_prompts(scene, tmp_path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -167,7 +197,20 @@ def test_stages_run_resume_and_ship_through_the_cli(tmp_path):
         == 0
     )
     assert (
-        main(["backbone", "vision", "--run", str(vision), "--init-from", str(start), "--steps", "3", *common])
+        main(
+            [
+                "backbone",
+                "vision",
+                "--run",
+                str(vision),
+                "--init-from",
+                str(start),
+                "--steps",
+                "3",
+                "--flip",
+                *common,
+            ]
+        )  # fmt: skip
         == 0
     )
     steps = [json.loads(line)["step"] for line in (vision / "history.jsonl").read_text().splitlines()]

@@ -52,6 +52,7 @@ def register(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
 
     vision = stage("vision", "vision tower: what is under each image token", 3000, 1e-3, 32)
     vision.add_argument("--no-balance", action="store_true", help="no class balance in the object:part loss")
+    vision.add_argument("--flip", action="store_true", help="mirror half of each batch left-right")
     language = stage(
         "language", "language model: part questions + object pointing, tower frozen", 1500, 5e-4, 8
     )
@@ -86,7 +87,9 @@ def cmd_backbone(args: argparse.Namespace) -> int:
     elif args.stage == "vision":
         from part_point_ros.tabletop.vision import VisionOptions, train_vision
 
-        train_vision(VisionOptions(**_stage_options(args), balance=not args.no_balance), vocabulary())
+        train_vision(
+            VisionOptions(**_stage_options(args), balance=not args.no_balance, flip=args.flip), vocabulary()
+        )
     elif args.stage == "language":
         from part_point_ros.tabletop.language import LanguageOptions, train_language
 

@@ -81,3 +81,27 @@ def stacked_targets(part_ids: np.ndarray, facts: list[SceneFacts], side: int) ->
     """``dense_targets`` of every frame, stacked (float16 to keep thousands of frames in memory)."""
     per = [dense_targets(ids, f, side) for ids, f in zip(part_ids, facts, strict=True)]
     return {name: np.stack([t[name] for t in per]).astype(np.float16) for name in GROUPS}
+
+
+def mirror(targets: dict, side: int, which) -> dict:
+    """The targets of the left-right mirrored frames: for the batch items where ``which`` (B,) is
+    true, token columns and sub-cell columns are reversed (the processor centres the frame in its
+    padded square, so the mirrored frame's grid is the mirrored grid). Works on numpy arrays and torch
+    tensors of ``stacked_targets``' shapes (B, P[, SUB*SUB], C)."""
+    out = {}
+    for name, t in targets.items():
+        shape = t.shape
+        if name == "pair":
+            grid = t.reshape(shape[0], side, side, SUB, SUB, shape[-1])
+            flipped = grid[:, :, ::-1, :, ::-1] if isinstance(t, np.ndarray) else grid.flip(2, 4)
+        else:
+            grid = t.reshape(shape[0], side, side, shape[-1])
+            flipped = grid[:, :, ::-1] if isinstance(t, np.ndarray) else grid.flip(2)
+        sel = np.asarray(which, dtype=bool).reshape((-1,) + (1,) * (flipped.ndim - 1))
+        if isinstance(t, np.ndarray):
+            out[name] = np.where(sel, flipped, grid).reshape(shape)
+        else:
+            import torch
+
+            out[name] = torch.where(torch.as_tensor(sel), flipped, grid).reshape(shape)
+    return out

@@ -19,7 +19,7 @@ import torch
 
 from part_point_ros.tabletop import scenes
 from part_point_ros.tabletop.schedule import StageOptions, load_state, lr_at, save_state
-from part_point_ros.tabletop.targets import GROUPS, SUB, stacked_targets
+from part_point_ros.tabletop.targets import GROUPS, SUB, mirror, stacked_targets
 
 OBJECT_WEIGHT = 4.0
 MAX_BALANCE = 8.0
@@ -28,6 +28,7 @@ MAX_BALANCE = 8.0
 @dataclass
 class VisionOptions(StageOptions):
     balance: bool = True  # weigh tokens by the rarity of their object:part (pair_balance)
+    flip: bool = False  # mirror half the frames of each batch left-right (frames and targets)
 
 
 class DenseProbe(torch.nn.Module):
@@ -150,7 +151,13 @@ def train_vision(opts: VisionOptions, words) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, opts.steps, opts.lr, opts.warmup)
         batch_targets = {k: torch.as_tensor(v[idx]).float() for k, v in targets.items()}
-        loss = dense_loss(probe(tower_tokens(model, pixels[idx].float())), batch_targets, balance)
+        batch_pixels = pixels[idx].float()
+        if opts.flip:  # drawn after the batch, so runs without --flip see the same batches as before
+            which = rng.random(len(idx)) < 0.5
+            mirrored = torch.as_tensor(which)[:, None, None, None]
+            batch_pixels = torch.where(mirrored, batch_pixels.flip(-1), batch_pixels)
+            batch_targets = mirror(batch_targets, side, which)
+        loss = dense_loss(probe(tower_tokens(model, batch_pixels)), batch_targets, balance)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
