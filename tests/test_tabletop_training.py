@@ -215,6 +215,10 @@ def test_stages_run_resume_and_ship_through_the_cli(tmp_path):
     )
     steps = [json.loads(line)["step"] for line in (vision / "history.jsonl").read_text().splitlines()]
     assert steps == [2, 3]  # the second command went on from step 2
+    again = ["backbone", "vision", "--run", str(vision), "--steps", "10", "--time-limit", "0.001", *common]
+    assert main(again) == 0
+    steps = [json.loads(line)["step"] for line in (vision / "history.jsonl").read_text().splitlines()]
+    assert steps == [2, 3, 4]  # out of time after one step: evaluated and checkpointed there
     language = tmp_path / "language"
     args = [
         "backbone",

@@ -48,6 +48,8 @@ def register(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
         p.add_argument("--warmup", type=int, default=50, help="warm-up steps (default 50)")
         p.add_argument("--eval-every", type=int, default=250)
         p.add_argument("--save-every", type=int, default=100)
+        p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
+        p.add_argument("--time-limit", type=float, help="stop after this many seconds (checkpointed)")
         return p
 
     vision = stage("vision", "vision tower: what is under each image token", 3000, 1e-3, 32)
@@ -81,6 +83,11 @@ def cmd_backbone(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(getattr(args, "threads", 2))
     torch.manual_seed(getattr(args, "seed", 0))
+    device = getattr(args, "device", "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from part_point_ros.errors import PartPointError
+
+        raise PartPointError(f"--device {device}: this machine has no CUDA device; use --device cpu")
     if args.stage == "scenes":
         for split in ("val", "test", "train"):
             scenes.build(args.cache, split, getattr(args, split), jobs=args.jobs)

@@ -109,15 +109,16 @@ def pack(packer: Packer, prefix: list[int], questions: list[list[VqaItem]]) -> d
 
 
 def forward_logits(model, pixel_values: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(T, V) logits at the target positions of a packed batch."""
+    """(T, V) logits at the target positions of a packed batch (on the model's device)."""
+    device = model.device
     out = model.model(
-        input_ids=batch["input_ids"],
-        pixel_values=pixel_values,
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
+        input_ids=batch["input_ids"].to(device),
+        pixel_values=pixel_values.to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        position_ids=batch["position_ids"].to(device),
         use_cache=False,
     )
-    t = batch["targets"]
+    t = batch["targets"].to(device)
     return model.lm_head(out.last_hidden_state[t[:, 0], t[:, 1]])  # (B, S, D) -> (T, D) -> (T, V)
 
 
@@ -205,6 +206,7 @@ def train_language(opts: LanguageOptions) -> None:
     val_set = scenes.load(opts.cache, "val", opts.val)
     check_packing(processor, packer, prefix, (train_set.facts[0].width, train_set.facts[0].height))
     pixels, val_pixels = pixel_tensor(processor, train_set.rgb), pixel_tensor(processor, val_set.rgb)
+    model.to(torch.device(opts.device))
     model.model.vision_tower.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=opts.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -214,7 +216,7 @@ def train_language(opts: LanguageOptions) -> None:
                f"trainable parameters" + (f", resumed at step {step}" if step else ""))  # fmt: skip
     model.train()
     history = run / "history.jsonl"
-    t0, losses = time.time(), []
+    t0, losses, started = time.time(), [], time.monotonic()
     stop = min(opts.steps, opts.stop_after or opts.steps)
     while step < stop:
         rng = np.random.default_rng([opts.seed, step])  # the batch of a step depends on the step only
@@ -223,13 +225,15 @@ def train_language(opts: LanguageOptions) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, opts.steps, opts.lr, opts.warmup)
         logits = forward_logits(model, pixels[idx].float(), batch)
-        loss = torch.nn.functional.cross_entropy(logits, batch["targets"][:, 2])
+        loss = torch.nn.functional.cross_entropy(logits, batch["targets"][:, 2].to(logits.device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         losses.append(loss.item())
         step += 1
+        if opts.time_limit and time.monotonic() - started >= opts.time_limit:
+            stop = step  # evaluated and checkpointed below, like --stop-after
         if step % 50 == 0:
             scenes.log(
                 f"language step {step} loss {np.mean(losses):.4f} {50 / (time.time() - t0):.2f} step/s"

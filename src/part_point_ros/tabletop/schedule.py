@@ -26,6 +26,8 @@ class StageOptions:
     seed: int = 0
     eval_every: int = 250
     save_every: int = 100
+    device: str = "cpu"  # "cuda" on a GPU machine (scripts/gpu_backbone.sh); checkpoints are the same
+    time_limit: float | None = None  # seconds: end this session's share here (checkpointed; resumes)
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -42,7 +44,7 @@ def save_state(run: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.
 
     for name, module in modules.items():
         tmp = run / f"{name}.tmp.safetensors"
-        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, tmp)
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, tmp)
         tmp.rename(run / f"{name}.safetensors")
     torch.save({"optimizer": opt.state_dict(), "step": step}, run / "state.tmp.pt")
     (run / "state.tmp.pt").rename(run / "state.pt")
@@ -56,6 +58,6 @@ def load_state(run: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.
         return 0
     for name, module in modules.items():
         module.load_state_dict(load_file(run / f"{name}.safetensors"))
-    state = torch.load(run / "state.pt", weights_only=True)
+    state = torch.load(run / "state.pt", weights_only=True, map_location="cpu")  # a GPU run goes on here
     opt.load_state_dict(state["optimizer"])
     return int(state["step"])

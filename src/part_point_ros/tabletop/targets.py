@@ -79,8 +79,13 @@ def dense_targets(part_ids: np.ndarray, facts: SceneFacts, side: int) -> dict[st
 
 def stacked_targets(part_ids: np.ndarray, facts: list[SceneFacts], side: int) -> dict[str, np.ndarray]:
     """``dense_targets`` of every frame, stacked (float16 to keep thousands of frames in memory)."""
-    per = [dense_targets(ids, f, side) for ids, f in zip(part_ids, facts, strict=True)]
-    return {name: np.stack([t[name] for t in per]).astype(np.float16) for name in GROUPS}
+    out: dict[str, np.ndarray] = {}
+    for i, (ids, f) in enumerate(zip(part_ids, facts, strict=True)):
+        for name, t in dense_targets(ids, f, side).items():  # filled in place: no float32 copy of all
+            if name not in out:
+                out[name] = np.empty((len(facts), *t.shape), dtype=np.float16)
+            out[name][i] = t
+    return out
 
 
 def mirror(targets: dict, side: int, which) -> dict:

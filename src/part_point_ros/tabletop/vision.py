@@ -88,11 +88,12 @@ def dense_accuracy(model, probe, pixels, targets, batch: int = 64) -> dict[str, 
     """Token-level read-out on held-out frames: mean recall over the object:part pairs (tokens that
     one pair covers >= 40 %), accuracy of part colour, object colour and type on such tokens."""
     preds = {name: [] for name in GROUPS}
+    device = next(probe.parameters()).device
     for i in range(0, len(pixels), batch):
-        logits = probe(tower_tokens(model, pixels[i : i + batch].float()))
-        preds["pair"].append(logits["pair"].softmax(-1).mean(2).argmax(-1))
+        logits = probe(tower_tokens(model, pixels[i : i + batch].float().to(device)))
+        preds["pair"].append(logits["pair"].softmax(-1).mean(2).argmax(-1).cpu())
         for name in ("colour", "object_colour", "object_type"):
-            preds[name].append(logits[name].argmax(-1))
+            preds[name].append(logits[name].argmax(-1).cpu())
     pred = {k: torch.cat(v).flatten() for k, v in preds.items()}
     pair_share = torch.as_tensor(targets["pair"]).float().mean(2).flatten(0, 1)  # (N*P, C)
     share, label = pair_share.max(-1)
@@ -131,10 +132,16 @@ def train_vision(opts: VisionOptions, words) -> Path:
     )
     pixels, val_pixels = pixel_tensor(processor, train_set.rgb), pixel_tensor(processor, val_set.rgb)
     targets = stacked_targets(train_set.part_ids, train_set.facts, side)
+    n_train = len(train_set)
+    del train_set  # the frames and part maps (~0.5 MB a scene) are not needed past this point
     val_targets = stacked_targets(val_set.part_ids, val_set.facts, side)
     balance = pair_balance(targets["pair"]) if opts.balance else None
+    device = torch.device(opts.device)
+    model.to(device)
+    if balance is not None:
+        balance = balance.to(device)
     tower = model.model.vision_tower
-    probe = DenseProbe(tower.config.hidden_size)
+    probe = DenseProbe(tower.config.hidden_size).to(device)
     params = [*tower.parameters(), *probe.parameters()]
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=0.01, betas=(0.9, 0.98))
     modules = {"tower": tower, "probe": probe}
@@ -143,11 +150,11 @@ def train_vision(opts: VisionOptions, words) -> Path:
         scenes.log(f"resumed at step {step}")
     stop = min(opts.steps, opts.stop_after or opts.steps)
     history = run / "history.jsonl"
-    t0, losses = time.time(), []
+    t0, losses, started = time.time(), [], time.monotonic()
     tower.train()
     while step < stop:
         rng = np.random.default_rng([opts.seed, step])  # the batch of a step depends on the step only
-        idx = np.sort(rng.choice(len(train_set), size=opts.batch, replace=False))
+        idx = np.sort(rng.choice(n_train, size=opts.batch, replace=False))
         for g in opt.param_groups:
             g["lr"] = lr_at(step, opts.steps, opts.lr, opts.warmup)
         batch_targets = {k: torch.as_tensor(v[idx]).float() for k, v in targets.items()}
@@ -157,13 +164,16 @@ def train_vision(opts: VisionOptions, words) -> Path:
             mirrored = torch.as_tensor(which)[:, None, None, None]
             batch_pixels = torch.where(mirrored, batch_pixels.flip(-1), batch_pixels)
             batch_targets = mirror(batch_targets, side, which)
-        loss = dense_loss(probe(tower_tokens(model, batch_pixels)), batch_targets, balance)
+        batch_targets = {k: v.to(device) for k, v in batch_targets.items()}
+        loss = dense_loss(probe(tower_tokens(model, batch_pixels.to(device))), batch_targets, balance)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(loss.item())
         step += 1
+        if opts.time_limit and time.monotonic() - started >= opts.time_limit:
+            stop = step  # evaluated and checkpointed below, like --stop-after
         if step % 50 == 0:
             scenes.log(f"vision step {step} loss {np.mean(losses):.4f} {50 / (time.time() - t0):.2f} step/s")
             t0, losses = time.time(), []
@@ -178,7 +188,7 @@ def train_vision(opts: VisionOptions, words) -> Path:
             save_state(run, modules, opt, step)
     out = run / "vision"
     tower.eval()
-    model.save_pretrained(out)
+    model.cpu().save_pretrained(out)
     processor.save_pretrained(out)
     scenes.log(f"vision stage at step {step} -> {out}")
     return out
