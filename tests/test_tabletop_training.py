@@ -115,11 +115,20 @@ def test_packed_questions_compute_exactly_their_single_prompts(scene, tmp_path):
 
 def test_pointing_items_name_objects_only_and_parse_as_molmo_points(scene):
     from part_point_ros.grounding.text_pointing import parse_molmo
+    from part_point_ros.sim import render_scene
+    from part_point_ros.sim.vqa import POINT_PROMPTS
 
     facts = SceneFacts.from_scene(scene)
     items = pointing_items(facts)
     parts = {p for spec in OBJECT_TYPES.values() for p in spec.parts}
     assert items and {q.kind for q in items} == {"point_object"}
+    asked = [q.question for s in range(6) for q in pointing_items(SceneFacts.from_scene(render_scene(s)))]
+    for template in POINT_PROMPTS:  # every form is asked; none names a part
+        pattern = re.escape(template).replace(r"\{obj\}", r"the (\w+ )?\w+")
+        assert any(re.fullmatch(pattern, q) for q in asked), template
+        assert not set(re.findall(r"\w+", template)) & parts
+    known = set(vocabulary())  # the word-level tokenizer knows every word asked
+    assert all(w in known for q in asked for w in re.findall(r"\w+|[^\w\s]+", q))
     for q in items:
         words = set(re.findall(r"\w+", q.question))
         assert not words & parts, q.question
@@ -244,3 +253,24 @@ def test_stages_run_resume_and_ship_through_the_cli(tmp_path):
     shipped, trained, untrained = tower(out), tower(vision / "vision"), tower(start)
     assert all(torch.allclose(shipped[k], trained[k], atol=1e-3) for k in trained)  # frozen (fp16 on disk)
     assert not all(torch.equal(untrained[k], trained[k]) for k in trained)  # the vision stage trained it
+    # the language stage grows the vocabulary of a model that lacks words of the prompts it trains on
+    from transformers import AutoTokenizer
+
+    small = build_tiny_llava(tmp_path / "small", vocab_words=["mug"], **SMALL)
+    assert "provide" not in AutoTokenizer.from_pretrained(small).get_vocab()
+    grown = tmp_path / "grown"
+    assert (
+        main(
+            ["backbone", "language", "--run", str(grown), "--init-from", str(small), "--steps", "1", *common]
+        )
+        == 0
+    )
+    vocab = AutoTokenizer.from_pretrained(grown / "init").get_vocab()
+    assert set(vocabulary()) <= set(vocab)
+    old = AutoTokenizer.from_pretrained(small).get_vocab()["mug"]
+    embed = "model.language_model.embed_tokens.weight"
+    rows = {
+        p: LlavaForConditionalGeneration.from_pretrained(p).state_dict()[embed]
+        for p in (small, grown / "init")
+    }
+    assert torch.equal(rows[small][old], rows[grown / "init"][vocab["mug"]])  # carried over by word

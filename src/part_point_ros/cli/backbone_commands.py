@@ -100,7 +100,7 @@ def cmd_backbone(args: argparse.Namespace) -> int:
     elif args.stage == "language":
         from part_point_ros.tabletop.language import LanguageOptions, train_language
 
-        train_language(LanguageOptions(**_stage_options(args), others=args.others))
+        train_language(LanguageOptions(**_stage_options(args), others=args.others), vocabulary())
     elif args.stage == "ship":
         from part_point_ros.tabletop.language import ship_run
 

@@ -327,8 +327,22 @@ def scene_questions(scene: Any) -> list[VqaItem]:
 # ----- object-level pointing in text (the stand-in for referring / pointing instruction data) -----
 
 POINT_PROMPT = "point to {obj}."  # Molmo's direct prompt, with an object instead of a part
+# The pointing prompts of the language stage: Molmo's two forms (the text method's, seed 000 Fig. 5)
+# with an object in place of the part: direct ("point to the red mug."), direct with a "the X of"
+# that names no part ("point to the centre of the mug."; the answer is the same innermost pixel), and
+# the reasoning form ("the mug. please provide a single 2d point pointing at it."). Asked "point to
+# the handle of the mug." the model has the syntax but was never shown where a part is.
+POINT_PROMPTS: tuple[str, ...] = (
+    POINT_PROMPT,
+    "point to the centre of {obj}.",
+    "{obj}. please provide a single 2d point pointing at it.",
+)
+POINT_PROMPT_SHARES = (0.5, 0.25, 0.25)
 POINT_ANSWER = '<point x="{x}" y="{y}">'  # Molmo's point tag, whole percent of the original image
-POINT_WORDS: tuple[str, ...] = ("<", "point", "x", '="', '"', "y", '">', ".", "to", *map(str, range(100)))
+POINT_WORDS: tuple[str, ...] = (
+    "<", "point", "x", '="', '"', "y", '">', ".", "to", *map(str, range(100)),
+    "centre", "please", "provide", "single", "2d", "pointing", "at", "it",
+)  # fmt: skip
 
 
 def percent(value: float, size: int) -> int:
@@ -337,9 +351,10 @@ def percent(value: float, size: int) -> int:
 
 
 def pointing_items(facts: SceneFacts) -> list[VqaItem]:
-    """ "point to the mug." / "point to the red mug." -> ``<point x="37" y="52">`` at the innermost pixel
-    of the object's visible mask, for every object whose naming (main) part is visible; twins are
-    named by colour. Object level only: no question names a part, no answer locates one."""
+    """ "point to the mug." / "point to the red mug." (or another of ``POINT_PROMPTS``) ->
+    ``<point x="37" y="52">`` at the innermost pixel of the object's visible mask, for every object
+    whose naming (main) part is visible; twins are named by colour. Object level only: no question
+    names a part, no answer locates one."""
     rng = np.random.default_rng([facts.seed, 11])
     min_pixels = MIN_PART_FRACTION * facts.width * facts.height
     parts = {p.part_id: p for p in facts.parts}
@@ -354,7 +369,6 @@ def pointing_items(facts: SceneFacts) -> list[VqaItem]:
         named = counts[o.object_type] > 1 or rng.random() < 0.3
         obj = f"the {o.colour} {o.object_type}" if named else f"the {o.object_type}"
         answer = POINT_ANSWER.format(x=percent(o.point_u, facts.width), y=percent(o.point_v, facts.height))
-        items.append(
-            VqaItem(POINT_PROMPT.format(obj=obj), answer, "point_object", o.object_type, None, o.part_ids)
-        )
+        prompt = POINT_PROMPTS[rng.choice(len(POINT_PROMPTS), p=POINT_PROMPT_SHARES)].format(obj=obj)
+        items.append(VqaItem(prompt, answer, "point_object", o.object_type, None, o.part_ids))
     return items
