@@ -73,13 +73,19 @@ def test_int8_holds_int8_weights_in_the_decoder_only_and_takes_less_memory(backb
     assert weight_bytes(int8.model) < weight_bytes(full.model)
 
 
-def test_capture_equals_the_quantized_models_own_eager_attention(backbone_dir, int8, image):
-    cap = int8.capture(image, INSTRUCTION, HEADS)
-    inputs, _ = int8.prepare(image, int8.build_prompt(INSTRUCTION))
+def captured_and_eager(adapter, image):
+    """The adapter's capture of HEADS, and the model's own eager attention of those heads at the
+    capture's query rows (k, L, S): what the capture must equal."""
+    cap = adapter.capture(image, INSTRUCTION, HEADS)
+    inputs, _ = adapter.prepare(image, adapter.build_prompt(INSTRUCTION))
     with torch.inference_mode():
-        out = int8.model.model(**inputs, output_attentions=True, use_cache=False)
+        out = adapter.model.model(**inputs, output_attentions=True, use_cache=False)
     rows = cap.text_positions.to(inputs["input_ids"].device)
-    expected = torch.stack([out.attentions[h.layer][0, h.head][rows] for h in HEADS]).float().cpu()
+    return cap, torch.stack([out.attentions[h.layer][0, h.head][rows] for h in HEADS]).float().cpu()
+
+
+def test_capture_equals_the_quantized_models_own_eager_attention(backbone_dir, int8, image):
+    cap, expected = captured_and_eager(int8, image)
     torch.testing.assert_close(cap.model_attention(), expected, atol=1e-4, rtol=0)  # (k, L, S): every row
     last = expected[:, -1, cap.image_positions]
     torch.testing.assert_close(cap.last_token_attention(), last, atol=1e-4, rtol=0)
@@ -119,12 +125,7 @@ def test_bitsandbytes_capture_equals_its_own_eager_attention(backbone_dir, image
     assert adapter.quantization == name
     assert is_quantized(adapter.decoder_layers[0].self_attn.q_proj.weight)
     assert not is_quantized(adapter.model.lm_head.weight)
-    cap = adapter.capture(image, INSTRUCTION, HEADS)
-    inputs, _ = adapter.prepare(image, adapter.build_prompt(INSTRUCTION))
-    with torch.inference_mode():
-        out = adapter.model.model(**inputs, output_attentions=True, use_cache=False)
-    rows = cap.text_positions.to(inputs["input_ids"].device)
-    expected = torch.stack([out.attentions[h.layer][0, h.head][rows] for h in HEADS]).float().cpu()
+    cap, expected = captured_and_eager(adapter, image)
     torch.testing.assert_close(cap.model_attention(), expected, atol=1e-4, rtol=0)
 
 

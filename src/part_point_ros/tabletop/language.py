@@ -182,9 +182,9 @@ def answer_accuracy(model, packer, prefix, pixels, scene_set, batch_images: int 
     }
 
 
-def train_language(opts: LanguageOptions, words=None) -> None:
-    """Run (or resume) the language stage from ``opts.init_from`` (the vision stage's model); with
-    ``words``, the vocabulary grows to them (rows of known words carried over, ``build_initial``)."""
+def train_language(opts: LanguageOptions, words) -> None:
+    """Run (or resume) the language stage from ``opts.init_from`` (the vision stage's model), its
+    vocabulary grown to ``words`` (every weight and known word's row carried over, ``build_initial``)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from part_point_ros.tabletop.model import build_initial, pixel_tensor
@@ -194,12 +194,8 @@ def train_language(opts: LanguageOptions, words=None) -> None:
     run = Path(opts.run)
     run.mkdir(parents=True, exist_ok=True)
     init = run / "init"
-    if not (init / "config.json").exists() and words is not None:
+    if not (init / "config.json").exists():
         build_initial(init, opts.seed, words, opts.init_from)  # the run's fixed architecture
-    elif not (init / "config.json").exists():  # a copy of the starting model
-        start = LlavaForConditionalGeneration.from_pretrained(opts.init_from, dtype=torch.float32)
-        start.save_pretrained(init)
-        AutoProcessor.from_pretrained(opts.init_from).save_pretrained(init)
     model = LlavaForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(init)
     packer = Packer(processor)
