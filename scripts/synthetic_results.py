@@ -40,6 +40,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "symmetric_sdf": ("symmetric SDF supervision", ["head.supervision=symmetric_sdf"]),
     "k1": ("k = 1", ["k=1"]),
     "k3": ("k = 3", ["k=3"]),
+    "softmax_ce": ("patch loss: softmax cross-entropy (not the paper's)", ["head.patch_loss=softmax_ce"]),
+    "bce_softmax_ce": ("patch loss: BCE + softmax cross-entropy", ["head.patch_loss=bce+softmax_ce"]),
 }
 
 

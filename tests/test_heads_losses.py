@@ -19,6 +19,7 @@ from part_point_ros.heads.losses import (
     innermost_point,
     l2_heatmap_loss,
     patch_bce,
+    patch_softmax_ce,
     penalty_f,
     sdf_penalty,
     signed_distance,
@@ -196,6 +197,42 @@ def test_patch_bce_equals_a_brute_force_loop():
         assert float(got[b]) == pytest.approx(total / 15, rel=1e-9)
     with pytest.raises(ValueError, match=r"\(2, 5\).*\(2, 4\)"):
         patch_bce(logits, targets[:, :4])
+
+
+def test_patch_softmax_ce_equals_a_brute_force_loop():
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
+    targets = torch.rand(2, 5, generator=gen, dtype=torch.float64)
+    targets[1] = 0.0  # a part no patch covers: no patch term
+    got = patch_softmax_ce(logits, targets)
+    share = [float(t) / float(targets[0].sum()) for t in targets[0]]
+    total = 0.0
+    for h in range(3):
+        norm = math.log(sum(math.exp(float(x)) for x in logits[0, h]))
+        total -= sum(s * (float(logits[0, h, p]) - norm) for p, s in enumerate(share))
+    assert float(got[0]) == pytest.approx(total / 3, rel=1e-9)
+    assert float(got[1]) == 0.0
+    with pytest.raises(ValueError, match=r"\(2, 5\).*\(2, 4\)"):
+        patch_softmax_ce(logits, targets[:, :4])
+
+
+def test_head_loss_uses_the_configured_patch_term():
+    out = fake_output()
+    mask = np.zeros((12, 16), bool)
+    mask[3:9, 4:12] = True
+    cfg = config(patch_loss="softmax_ce")
+    heat = {key: torch.from_numpy(np.stack([v, v])) for key, v in build_heatmap_targets(mask, cfg).items()}
+    patch = torch.rand(2, 12)
+    losses = head_loss(out, patch_targets=patch, heatmap_targets=heat, config=cfg)
+    assert float(losses["bce"]) == pytest.approx(float(patch_softmax_ce(out.attn_logits, patch).mean()))
+    assert float(losses["bce"]) != pytest.approx(float(patch_bce(out.attn_logits, patch).mean()))
+    both = head_loss(
+        out, patch_targets=patch, heatmap_targets=heat, config=config(patch_loss="bce+softmax_ce")
+    )
+    expected = patch_bce(out.attn_logits, patch).mean() + patch_softmax_ce(out.attn_logits, patch).mean()
+    assert float(both["bce"]) == pytest.approx(float(expected))
+    with pytest.raises(ValueError, match="patch_loss"):
+        config(patch_loss="focal")
 
 
 def test_l2_heatmap_loss_by_hand():

@@ -18,6 +18,7 @@ QUERY_POOLINGS = ("qsynth", "eos", "mean", "max")
 SUPERVISIONS = ("sdf", "l2", "gaussian", "symmetric_sdf")
 SDF_UNITS = ("heatmap_px", "grid_px")
 ATTN_SCALES = ("num_patches", "none")
+PATCH_LOSSES = ("bce", "softmax_ce", "bce+softmax_ce")
 
 
 @dataclass
@@ -48,6 +49,12 @@ class HeadConfig:
     norm_groups: int = 32  # GroupNorm groups (gcd with the channel count is used)
     # Losses (method.md §4)
     supervision: str = "sdf"  # ablations: "l2", "gaussian", "symmetric_sdf"
+    # the patch term on q_s·K_vᵀ: "bce" (the paper's L_bce, per patch), "softmax_ce" (not the
+    # paper's: cross-entropy of the softmax over the P patches against the coverage share, one
+    # distribution per head; for parts of 1-3 of 400 patches, where the mean BCE is all negatives),
+    # or "bce+softmax_ce" (their sum: the softmax term ranks the patches, the BCE term keeps
+    # sigmoid(q_s·K_v) a probability, which the a2p score and its 0.5 threshold read)
+    patch_loss: str = "bce"
     sdf_tau: float = 1.5
     sdf_gamma: float = 1.0
     sdf_lambda: float = 0.001
@@ -67,6 +74,7 @@ class HeadConfig:
         _choice(self, "supervision", SUPERVISIONS)
         _choice(self, "sdf_units", SDF_UNITS)
         _choice(self, "attn_scale", ATTN_SCALES)
+        _choice(self, "patch_loss", PATCH_LOSSES)
         for name in ("qsynth_prenorm", "qsynth_ffn", "use_values", "use_decoder"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"HeadConfig.{name} must be true or false, got {getattr(self, name)!r}")

@@ -167,6 +167,22 @@ def patch_bce(attn_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return bce.flatten(1).mean(dim=-1)
 
 
+def patch_softmax_ce(attn_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Patch term ``softmax_ce``: cross-entropy of softmax over the P patches (per head) against the
+    target's share of coverage; attn_logits (B, k, P), targets (B, P) >= 0 -> (B,) mean over heads.
+
+    An all-zero target row (a part no patch covers) contributes 0."""
+    if targets.shape != (attn_logits.shape[0], attn_logits.shape[2]):
+        raise ValueError(
+            f"patch_targets must be (B, P) = {(attn_logits.shape[0], attn_logits.shape[2])}, "
+            f"got {tuple(targets.shape)}"
+        )
+    logits = _wide(attn_logits)
+    target = _wide(targets).to(logits.dtype)
+    share = target / target.sum(dim=-1, keepdim=True).clamp_min(1e-12)  # (B, P), rows sum to 1 or 0
+    return -(share.unsqueeze(1) * logits.log_softmax(dim=-1)).sum(dim=-1).mean(dim=-1)
+
+
 def point_loss(
     heatmap_logits: torch.Tensor, heatmap_targets: dict[str, torch.Tensor], config: HeadConfig
 ) -> torch.Tensor:
@@ -194,8 +210,16 @@ def head_loss(
     heatmap_targets: dict[str, torch.Tensor],
     config: HeadConfig,
 ) -> dict[str, torch.Tensor]:
-    """L_total = L_bce + λ·L_point, each averaged over the batch -> {"total", "bce", "point"}."""
-    bce = patch_bce(output.attn_logits, patch_targets.to(output.attn_logits.device)).mean()
+    """L_total = L_patch + λ·L_point, each averaged over the batch -> {"total", "bce", "point"}.
+
+    L_patch is the paper's BCE, the softmax cross-entropy, or their sum, as ``config.patch_loss``
+    says (the key stays "bce" so logs and histories keep one name for the patch term)."""
+    logits, targets = output.attn_logits, patch_targets.to(output.attn_logits.device)
+    bce = logits.new_zeros(())
+    if config.patch_loss in ("bce", "bce+softmax_ce"):
+        bce = bce + patch_bce(logits, targets).mean()
+    if config.patch_loss in ("softmax_ce", "bce+softmax_ce"):
+        bce = bce + patch_softmax_ce(logits, targets).mean()
     point = point_loss(output.heatmap, heatmap_targets, config).mean()
     return {"total": bce + config.sdf_lambda * point, "bce": bce, "point": point}
 
