@@ -109,6 +109,26 @@ def test_peak_in_a_partly_covered_cell_is_clamped_onto_the_image():
         assert all(inside(x, y, WIDTH, HEIGHT) for x, y, _ in points)
 
 
+def test_softmax_near_score_is_the_attention_share_within_one_cell():
+    """Heads trained with a softmax patch term: score = mean over heads of the share of each head's
+    softmax over the on-image cells lying in the 3x3 cells around the peak's cell."""
+    logits = torch.zeros(56, 56)
+    logits[20, 40] = 10.0  # token cell (5, 10)
+    attn = torch.full((2, 14 * 14), -1e4)
+    attn[:, 0 * 14 + 3] = 50.0  # token row 0 is wholly padding: never counted
+    on = np.flatnonzero(cells_on_image(GRID).reshape(-1))
+    attn[0, on] = 0.0  # head 0: uniform over the on-image cells
+    attn[1, on] = -1e4
+    attn[1, [5 * 14 + 10, 4 * 14 + 11, 5 * 14 + 12]] = 0.0  # head 1: 1/3 on each; (5, 12) is 2 cells away
+    _, points = decode_a2p(logits, attn, GRID, UPSCALE, subpixel=False, score="softmax_near")
+    expected = (9 / len(on) + 2 / 3) / 2
+    assert points[0][2] == pytest.approx(expected, rel=1e-5)
+    _, sig = decode_a2p(logits, attn, GRID, UPSCALE, subpixel=False)
+    assert sig[0][2] == pytest.approx(0.5)  # sigmoid(0) at the cell, both heads
+    with pytest.raises(ValueError, match="softmax_near"):
+        decode_a2p(logits, attn, GRID, UPSCALE, score="max")
+
+
 def test_decode_a2p_refuses_a_heatmap_of_the_wrong_shape():
     with pytest.raises(ValueError, match="grid x upscale"):
         decode_a2p(torch.zeros(28, 28), torch.zeros(2, 196), GRID, UPSCALE)

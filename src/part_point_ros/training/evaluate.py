@@ -75,7 +75,7 @@ def predict_from_cache(
 ) -> list[PredictionRecord]:
     """a2p predictions from cached features: heatmap peak (LENS-refined) -> original pixels, decoded
     by ``grounding.methods.a2p.decode_a2p`` exactly as ``PartPointer`` does (padding cells never win)."""
-    from part_point_ros.grounding.methods.a2p import decode_a2p
+    from part_point_ros.grounding.methods.a2p import decode_a2p, score_rule
 
     head = head.to(device).eval()
     count = len(cache) if max_samples is None else min(len(cache), max_samples)
@@ -90,7 +90,14 @@ def predict_from_cache(
         for b, index in enumerate(indices):
             grid = cache.grid(index)
             # heatmap (s·rows, s·cols), attn logits (k, P) -> the best point in original pixels
-            _, points = decode_a2p(out.heatmap[b], out.attn_logits[b], grid, upscale, subpixel=subpixel)
+            _, points = decode_a2p(
+                out.heatmap[b],
+                out.attn_logits[b],
+                grid,
+                upscale,
+                subpixel=subpixel,
+                score=score_rule(head.config),
+            )
             x, y, score = points[0]
             record = cache.records[index]
             records.append(

@@ -42,6 +42,7 @@ def decode_a2p(
     max_points: int = 1,
     nms_radius: float = 4.0,
     rel_threshold: float = 0.5,
+    score: str = "sigmoid",
 ) -> tuple[np.ndarray, list[tuple[float, float, float]]]:
     """One sample's head output -> (heatmap, points): THE a2p decoding, for ``PartPointer`` and for
     the evaluation from cached features alike.
@@ -49,8 +50,11 @@ def decode_a2p(
     ``heatmap_logits``: (s·rows, s·cols), s = ``upscale``; ``attn_logits``: (k, P) patch logits.
     The heatmap is the softmax over the cells that cover some of the original image (cells wholly
     in pad-to-square padding get probability 0 and are never peaks); points are (x, y, score) in
-    original pixels, best first, clamped into [0, W - 1] x [0, H - 1]; score = mean over the k
-    heads of sigmoid(attn logit) at the (on-image) token-grid cell under the peak.
+    original pixels, best first, clamped into [0, W - 1] x [0, H - 1]. ``score`` (``score_rule`` of
+    the head): "sigmoid" = mean over the k heads of sigmoid(attn logit) at the (on-image) token-grid
+    cell under the peak (what L_bce trains); "softmax_near" = mean over the k heads of the share of
+    the head's softmax over the on-image cells that lies within one cell of that cell (3x3), for
+    heads trained with a softmax patch term, whose logits have no absolute level.
     """
     logits = heatmap_logits.float()
     expected = (grid.rows * upscale, grid.cols * upscale)
@@ -59,8 +63,17 @@ def decode_a2p(
     valid = cells_on_image(grid, upscale)  # (s·rows, s·cols) bool
     masked = logits.masked_fill(~torch.from_numpy(valid).to(logits.device), float("-inf"))
     prob = masked.flatten().softmax(0).reshape(logits.shape).cpu().numpy()  # (s·rows·s·cols,) -> map
-    patch_prob = attn_logits.float().sigmoid().mean(0).cpu().numpy()  # (k, P) -> (P,)
     on_cells = cells_on_image(grid)  # (rows, cols): the score's cell is one of these
+    if score == "sigmoid":
+        patch_prob = attn_logits.float().sigmoid().mean(0).cpu().numpy()  # (k, P) -> (P,)
+    elif score == "softmax_near":
+        on = torch.from_numpy(on_cells.reshape(-1)).to(attn_logits.device)  # (P,)
+        share = attn_logits.float().masked_fill(~on, float("-inf")).softmax(-1)  # (k, P), on-image
+        grid_share = share.mean(0).reshape(1, 1, grid.rows, grid.cols)  # (k, P) -> (1, 1, rows, cols)
+        near = torch.nn.functional.avg_pool2d(grid_share, 3, stride=1, padding=1, count_include_pad=True) * 9
+        patch_prob = near.reshape(-1).cpu().numpy()  # (P,): the 3x3 sum around each cell
+    else:
+        raise ValueError(f"a2p score rule {score!r} is not one of sigmoid, softmax_near")
     on_rows, on_cols = np.flatnonzero(on_cells.any(1)), np.flatnonzero(on_cells.any(0))
     options = PeakOptions(subpixel, max_points, nms_radius, rel_threshold)
     peaks = find_peaks(prob, valid, options)
@@ -74,6 +87,12 @@ def decode_a2p(
         (*clamp_into_image(grid, *grid.heatmap_to_pixel(p.row, p.col, upscale)), cell_score(p)) for p in peaks
     ]
     return prob.astype(np.float32), points
+
+
+def score_rule(config) -> str:
+    """The ``decode_a2p`` score of a head: "sigmoid" when its patch term is the paper's BCE alone,
+    else "softmax_near" (a softmax term leaves sigmoid(logit) uncalibrated: ~0.9 on every query)."""
+    return "sigmoid" if config.patch_loss == "bce" else "softmax_near"
 
 
 class A2PMethod(PointingMethod):
@@ -127,6 +146,7 @@ class A2PMethod(PointingMethod):
             max_points=self.peaks.max_points,
             nms_radius=self.peaks.nms_radius,
             rel_threshold=self.peaks.rel_threshold,
+            score=score_rule(self.head.config),
         )
         x, y, score = points[0]
         return PointResult(
