@@ -22,8 +22,13 @@ HEADS = str(ROOT / "models" / "tiny-tabletop-heads.json")
 
 
 @pytest.fixture(scope="module")
-def scene():
-    return render_scene(3, width=160, height=120).rgb
+def rendered():
+    return render_scene(3, width=160, height=120)
+
+
+@pytest.fixture(scope="module")
+def scene(rendered):
+    return rendered.rgb
 
 
 def pop_pointer(root, **options):
@@ -32,24 +37,27 @@ def pop_pointer(root, **options):
     )
 
 
-def test_pop_points_at_the_taught_place_and_names_untaught_queries(tmp_path, scene):
+def test_pop_points_at_the_taught_place_and_names_untaught_queries(tmp_path, rendered, scene):
     pointer = pop_pointer(tmp_path)
     assert len(pointer.heads) == 3  # POP fuses the top 3 localization heads
-    with pytest.raises(InputError, match=r"no support set for query 'the grip' \(taught: none yet\)"):
-        pointer.point(scene, "the grip")
-    u, v = 100.0, 60.0
-    taught = pointer.teach("the grip", scene, (u, v))
-    assert taught.name == "the grip" and len(taught) == 1
-    assert (tmp_path / "the grip.json").is_file()
-    result = pointer.point(scene, "the grip")  # the taught frame itself: the support cell matches best
+    with pytest.raises(InputError, match=r"no support set for query 'the teapot lid' \(taught: none yet\)"):
+        pointer.point(scene, "the teapot lid")
+    # taught on the part the query names, as a user would click (its innermost pixel): POP multiplies
+    # the example's similarity by the query's attention, and the tower's table tokens all look alike
+    lid = next(p for p in rendered.parts if (p.object_type, p.part) == ("teapot", "lid"))
+    u, v = map(float, lid.point_2d)
+    taught = pointer.teach("the teapot lid", scene, (u, v))
+    assert taught.name == "the teapot lid" and len(taught) == 1
+    assert (tmp_path / "the teapot lid.json").is_file()
+    result = pointer.point(scene, "the teapot lid")  # the taught frame itself
     assert result.method == "pop" and result.found and np.isfinite(result.score)
     cell = 160 / result.grid.cols  # original pixels per feature cell (the tower's grid)
     assert abs(result.x - u) <= 1.5 * cell and abs(result.y - v) <= 1.5 * cell, (result.x, result.y)
     # a second example of the same name extends the set; the next request uses it
-    pointer.teach("the grip", np.ascontiguousarray(scene[:, ::-1]), (160 - 1 - u, v))
-    assert len(pointer.pointing.supports_for("the grip")) == 2
+    pointer.teach("the teapot lid", np.ascontiguousarray(scene[:, ::-1]), (160 - 1 - u, v))
+    assert len(pointer.pointing.supports_for("the teapot lid")) == 2
     described = pointer.describe()
-    assert described["method"] == "pop" and described["supports"] == {"the grip": 2}
+    assert described["method"] == "pop" and described["supports"] == {"the teapot lid": 2}
 
 
 def test_a_named_support_set_serves_every_query_and_a_store_taught_elsewhere_is_seen(tmp_path, scene):

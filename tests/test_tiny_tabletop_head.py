@@ -20,7 +20,7 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 HEAD_DIR = MODELS / "tiny-tabletop-a2p"
 BACKBONE_DIR = MODELS / "tiny-tabletop-llava"
 HELD_OUT_SEEDS = list(range(200_000, 200_006))
-PATCH_FACTOR = 4.0  # measured 7x (below)
+PATCH_FACTOR, A2P_MIN, OVER_ATTENTION = 8.0, 0.22, 0.05  # under the measured levels (below)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_shipped_head_is_small_fp16_and_names_its_backbone():
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
     assert sum(p.stat().st_size for p in HEAD_DIR.iterdir()) < 4 * 2**20
     head = PartPointHead.from_pretrained(HEAD_DIR)
-    assert head.config.backbone["name"] == "models/tiny-tabletop-llava" and head.config.k == 4
+    assert head.config.backbone["name"] == "models/tiny-tabletop-llava" and head.config.k == 5
 
 
 def test_shipped_head_points_at_the_asked_region_above_chance_on_held_out_scenes(held_out):
@@ -61,7 +61,8 @@ def test_shipped_head_points_at_the_asked_region_above_chance_on_held_out_scenes
     measured = (np.mean(hits), np.mean(chance), np.mean(point_hits), np.mean(attention_hits), len(hits))
     print("patch hits {:.3f}, random patch {:.3f}, a2p {:.3f}, attention {:.3f}, n {}".format(*measured))
     assert len(hits) >= 80
-    # measured on these seeds (122 queries): patch hits 0.230 vs 0.033 for a random patch;
-    # point hits a2p 0.172 vs attention 0.107
+    # measured on these seeds (122 queries): patch hits 0.393 vs 0.033 for a random patch; point hits
+    # a2p 0.311 vs attention 0.164 (binomial sd ~0.04); the 2026-11-30 models: 0.230, 0.172 vs 0.107
     assert np.mean(hits) >= PATCH_FACTOR * np.mean(chance), measured
-    assert np.mean(point_hits) > np.mean(attention_hits), measured
+    assert np.mean(point_hits) >= A2P_MIN, measured
+    assert np.mean(point_hits) >= np.mean(attention_hits) + OVER_ATTENTION, measured

@@ -104,7 +104,9 @@ def test_tiny_tabletop_head_trains_and_evaluates_through_the_shipped_config(
         if "epoch" in m
     ]
     assert [m["epoch"] for m in epochs] == list(range(1, 9))
-    assert epochs[-1]["epoch/bce"] < 0.5 * epochs[0]["epoch/bce"]
+    # the patch term (the config's softmax CE: ~ln 400 = 6.0 untrained, its floor the entropy of the
+    # target shares, not 0): 5.61 -> 4.25 measured; a head that does not learn stays at ~1.0x
+    assert epochs[-1]["epoch/bce"] < 0.85 * epochs[0]["epoch/bce"]
     assert epochs[-1]["epoch/point"] < epochs[0]["epoch/point"]
     args = ["eval", "--config", str(TABLETOP_YAML), "--method", "a2p,attention", "--json", *overrides]
     assert main(args) == 0
