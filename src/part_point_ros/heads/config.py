@@ -52,8 +52,8 @@ class HeadConfig:
     # the patch term on q_s·K_vᵀ: "bce" (the paper's L_bce, per patch), "softmax_ce" (not the
     # paper's: cross-entropy of the softmax over the P patches against the coverage share, one
     # distribution per head; for parts of 1-3 of 400 patches, where the mean BCE is all negatives),
-    # or "bce+softmax_ce" (their sum: the softmax term ranks the patches, the BCE term keeps
-    # sigmoid(q_s·K_v) a probability, which the a2p score and its 0.5 threshold read)
+    # or "bce+softmax_ce" (their sum). The a2p score reads sigmoid(q_s·K_v) only for "bce": with a
+    # softmax term it is ~0.9 everywhere (measured, even with the BCE added), see a2p.score_rule
     patch_loss: str = "bce"
     sdf_tau: float = 1.5
     sdf_gamma: float = 1.0

@@ -5,9 +5,11 @@ deepest one are never loaded); the head gives a heatmap at ``upscale`` x the tok
 (LENS sub-pixel refined) is mapped to original pixels by ``decode_a2p``, shared with the evaluation
 from cached features. Heatmap cells wholly in the processor's padding (pad-to-square) are masked
 out before the softmax and never win; a point from a cell only partly on the image is clamped onto
-it, so every point has 0 <= x <= W - 1 and 0 <= y <= H - 1. ``score`` = mean over the k heads of
-sigmoid(q_s·K_v/√d_h) at the grid cell under the peak: the patch-level probability that L_bce
-trains, so 0.5 is a natural ``found`` threshold.
+it, so every point has 0 <= x <= W - 1 and 0 <= y <= H - 1. ``score`` for a head trained with the
+paper's BCE = mean over the k heads of sigmoid(q_s·K_v/√d_h) at the grid cell under the peak: the
+patch-level probability that L_bce trains, so 0.5 is a natural ``found`` threshold; for a head with a
+softmax patch term (``HeadConfig.patch_loss``) = the share of its attention within one cell of that
+cell (``score_rule``), read against the same 0.5.
 """
 
 from __future__ import annotations
