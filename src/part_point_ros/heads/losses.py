@@ -151,16 +151,20 @@ def gaussian_heatmap_loss(heatmap_logits: torch.Tensor, target: torch.Tensor) ->
     return -(t * log_p).sum(dim=-1)
 
 
-def patch_bce(attn_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """L_bce: BCE(q_s·K_vᵀ/√d_h as logits, M_p); attn_logits (B, k, P), targets (B, P) in [0, 1].
-
-    The same patch target supervises every head; mean over heads and patches -> (B,).
-    """
+def _check_patch_targets(attn_logits: torch.Tensor, targets: torch.Tensor) -> None:
     if targets.shape != (attn_logits.shape[0], attn_logits.shape[2]):
         raise ValueError(
             f"patch_targets must be (B, P) = {(attn_logits.shape[0], attn_logits.shape[2])}, "
             f"got {tuple(targets.shape)}"
         )
+
+
+def patch_bce(attn_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """L_bce: BCE(q_s·K_vᵀ/√d_h as logits, M_p); attn_logits (B, k, P), targets (B, P) in [0, 1].
+
+    The same patch target supervises every head; mean over heads and patches -> (B,).
+    """
+    _check_patch_targets(attn_logits, targets)
     logits = _wide(attn_logits)
     target = _wide(targets).to(logits.dtype).unsqueeze(1).expand_as(logits)  # (B, P) -> (B, k, P)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -172,11 +176,7 @@ def patch_softmax_ce(attn_logits: torch.Tensor, targets: torch.Tensor) -> torch.
     target's share of coverage; attn_logits (B, k, P), targets (B, P) >= 0 -> (B,) mean over heads.
 
     An all-zero target row (a part no patch covers) contributes 0."""
-    if targets.shape != (attn_logits.shape[0], attn_logits.shape[2]):
-        raise ValueError(
-            f"patch_targets must be (B, P) = {(attn_logits.shape[0], attn_logits.shape[2])}, "
-            f"got {tuple(targets.shape)}"
-        )
+    _check_patch_targets(attn_logits, targets)
     logits = _wide(attn_logits)
     target = _wide(targets).to(logits.dtype)
     share = target / target.sum(dim=-1, keepdim=True).clamp_min(1e-12)  # (B, P), rows sum to 1 or 0
