@@ -35,7 +35,7 @@ from part_point_ros.ros.params import (
     load_node_parameters,
     sim_world_models,
 )
-from part_point_ros.ros.spin import USER_ERRORS, error_line, ros_context
+from part_point_ros.ros.spin import USER_ERRORS, error_line, ignore_further_interrupts, ros_context
 
 
 @dataclass
@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 graph.shutdown()
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        ignore_further_interrupts()
     except USER_ERRORS as err:  # a bad flag value, params file or parameter: one line
         print(error_line(err), file=sys.stderr)
         return 1

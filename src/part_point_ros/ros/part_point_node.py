@@ -971,9 +971,16 @@ def main(args: list[str] | None = None) -> int:
             executor = MultiThreadedExecutor()
             executor.add_node(node)
             try:
-                if node.get_parameter("autostart").value and not node.configure_and_activate():
-                    print(f"error: {node.last_error}", file=sys.stderr)
-                    return 1
+                if node.get_parameter("autostart").value:
+                    if not node.configure_and_activate():
+                        print(f"error: {node.last_error}", file=sys.stderr)
+                        return 1
+                else:
+                    name = node.get_fully_qualified_name()
+                    node.get_logger().info(
+                        f"unconfigured: waiting for configure (launch files send it; by hand: "
+                        f"ros2 lifecycle set {name} configure, or start with -p autostart:=true)"
+                    )
                 executor.spin()
             finally:
                 executor.shutdown()

@@ -11,7 +11,9 @@ parameter set later), and ``--ros-args`` that rcl cannot parse.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -64,12 +66,26 @@ def error_line(err: BaseException) -> str:
     return f"error: {_first_line(err)}"
 
 
+def ignore_further_interrupts() -> None:
+    """After the first Ctrl-C, let the process finish its exit: ignore SIGINT from now on.
+
+    Ctrl-C on ``ros2 launch`` reaches every node twice: from the terminal (the whole foreground
+    process group) and from launch, which forwards it. A second SIGINT that lands after ``main``
+    has caught the first killed the process by signal (exit code -2: launch then logs "process has
+    died" as an ERROR for a node that was stopping cleanly). Main thread only (``signal`` allows no
+    other)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_main(body: Callable[[], int | None]) -> int:
-    """Run a node's ``main`` body; the exit status: its own, 0 on Ctrl-C or an external shutdown,
-    1 after printing ONE line for a user mistake (``USER_ERRORS``)."""
+    """Run a node's ``main`` body; the exit status: its own, 0 on Ctrl-C or an external shutdown
+    (further Ctrl-Cs are then ignored), 1 after printing ONE line for a user mistake
+    (``USER_ERRORS``)."""
     try:
         return body() or 0
     except (KeyboardInterrupt, ExternalShutdownException):
+        ignore_further_interrupts()
         return 0
     except USER_ERRORS as err:
         print(error_line(err), file=sys.stderr)
