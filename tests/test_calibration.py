@@ -17,8 +17,10 @@ import pytest
 from part_point_ros.grounding.result import PointResult
 from part_point_ros.training.calibration import (
     DEFAULT_THRESHOLDS,
+    MAX_HIT_DROP,
     GroundTruth,
     auroc,
+    choose_threshold,
     format_calibration,
     main,
     rejection_threshold,
@@ -27,6 +29,7 @@ from part_point_ros.training.calibration import (
     summarize_calibration,
     threshold_row,
     twin_ground_truth,
+    write_threshold,
 )
 
 NAN = float("nan")
@@ -158,7 +161,10 @@ def test_summary_targets_and_markdown(answers):
     }
     text = format_calibration({"target": 0.9, "methods": {"hand": summary}})
     table = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(table) == 2 + 4  # header, rule, then 0, 0.2, 0.5 (default), the rejection row
+    # header, rule, then 0, 0.2, the chosen 0.3 (the lower hit: drop 0 of 4 allowed), 0.5 (default),
+    # the rejection row
+    assert len(table) == 2 + 5
+    assert "| 0.3 (highest with hit drop <= 0.05) | 0.500 | 0.000 |" in text
     assert "| **0.5 (default)** | 0.250 | 0.250 | 0.500 | 0.750 |" in text
     assert "| > 0.6 (rejects 90% of absent) | 0.250 |" in text and text.count("NOT met") == 3
 
@@ -210,7 +216,13 @@ def test_command_on_the_shipped_models(tmp_path: Path, capsys):
     argv = ["--method", "a2p,attention", "--seeds", "200000", "--twin-seeds", "1200000", "--json", str(out)]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "### a2p (default threshold 0.5)" in text and "### attention (default threshold 0)" in text
+    from part_point_ros.grounding.pointer import default_threshold
+    from part_point_ros.training.calibration import SHIPPED_HEAD, shipped_model
+
+    calibrated = default_threshold("a2p", shipped_model(SHIPPED_HEAD))  # the shipped head carries one
+    assert 0.0 < calibrated < 0.5, calibrated  # chosen on validation scenes (docs/evaluation.md)
+    assert f"### a2p (default threshold {calibrated:g})" in text
+    assert "### attention (default threshold 0)" in text
     report = json.loads(out.read_text())
     assert report["seeds"] == [200000] and report["twin_seeds"] == [1200000]
     for method, summary in report["methods"].items():
@@ -247,3 +259,71 @@ def test_targets_without_questions_are_not_measured(answers):
     assert summary["reject_absent"] is None and math.isnan(summary["auroc_present_vs_absent"])
     text = format_calibration({"methods": {"hand": summary}})
     assert text.count("not measured") == 2 and text.count("NOT met") == 1
+
+
+def test_choose_threshold_is_the_highest_that_keeps_the_hits(answers):
+    assert choose_threshold([a for a in answers if a.group == "present"]) == 0.3  # hits 0.9, 0.3; 0 may go
+    assert choose_threshold([a for a in answers if a.group == "absent_part"]) is None  # no hit
+    rng = np.random.default_rng(0)
+    present = GroundTruth(0, "q", "present", "direct", (PART,))
+    for n in (7, 40, 100):
+        scores = rng.random(n).round(3)  # ties included
+        hits = rng.random(n) < 0.4
+        scored = [
+            score_answer(_result(1 if hit else 8, 1, s), present) for s, hit in zip(scores, hits, strict=True)
+        ]
+        t = choose_threshold(scored)
+        drop = threshold_row(scored, t)["hit_drop"]
+        assert drop <= MAX_HIT_DROP + 1e-12, (n, t, drop)
+        higher = sorted({a.score for a in scored if a.hit and a.score > t})
+        if higher:  # the next threshold up (brute force) loses more than allowed
+            assert threshold_row(scored, higher[0])["hit_drop"] > MAX_HIT_DROP, (n, t, higher[0])
+
+
+def _head_copy(tmp_path: Path) -> Path:
+    from part_point_ros.training.calibration import SHIPPED_HEAD, shipped_model
+
+    head = tmp_path / "head"
+    head.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (head / name).write_bytes((Path(shipped_model(SHIPPED_HEAD)) / name).read_bytes())
+    return head
+
+
+def test_a_written_threshold_becomes_the_a2p_default(tmp_path: Path, answers):
+    from part_point_ros.grounding.methods.a2p import A2PMethod
+    from part_point_ros.grounding.methods.base import PeakOptions
+    from part_point_ros.grounding.pointer import DEFAULT_THRESHOLDS, default_threshold
+    from part_point_ros.heads.head import PartPointHead
+
+    head = _head_copy(tmp_path)
+    config = json.loads((head / "config.json").read_text())
+    config.get("extra", {}).pop("calibration", None)
+    (head / "config.json").write_text(json.dumps(config))
+    assert default_threshold("a2p", head) == DEFAULT_THRESHOLDS["a2p"] == 0.5  # none written: 0.5
+    summary = summarize_calibration(answers, default_threshold=0.5)
+    value = write_threshold(head, summary, seeds="100000:100002", twin_seeds="none")
+    assert value == 0.3
+    written = json.loads((head / "config.json").read_text())["extra"]["calibration"]
+    assert written["found_threshold"] == 0.3 and written["seeds"] == "100000:100002"
+    assert written["hit_rate"] == 0.5 and written["found_false_absent"] == 0.5  # 0.6 and 0.4 of 4 found
+    assert default_threshold("a2p", head) == 0.3 and default_threshold("attention", head) == 0.0
+    method = A2PMethod(PartPointHead.from_pretrained(head), PeakOptions(subpixel=True))
+    assert method.default_threshold == 0.3 and A2PMethod.default_threshold == 0.5  # per head, not global
+    (head / "config.json").write_text("{not json")
+    with pytest.raises(Exception, match="cannot read a calibrated threshold"):
+        default_threshold("a2p", head)
+
+
+def test_write_threshold_refuses_test_seeds_and_other_methods(tmp_path: Path, capsys):
+    head = _head_copy(tmp_path)
+    before = (head / "config.json").read_text()
+    argv = ["--write-threshold", "--head", str(head), "--twin-seeds", "none"]
+    assert main([*argv, "--seeds", "200000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.count("\n") == 0 and "not on test seeds (e.g. 200000)" in err and "--seeds 100000:100040" in err
+    )
+    assert main([*argv, "--seeds", "100000", "--method", "a2p,attention"]) == 2
+    assert "use --method a2p alone" in capsys.readouterr().err
+    assert (head / "config.json").read_text() == before  # nothing written

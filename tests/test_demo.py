@@ -598,7 +598,7 @@ def test_summarize_lift_errors_over_every_3d_point_and_the_part_over_the_hits(de
     assert "within 5 mm of the part's surface 2/3 = 66.7 %, median 4.0 mm" in text
 
 
-def test_demo_uses_the_nodes_score_threshold_unless_told_and_says_which(demo):
+def test_demo_uses_the_nodes_score_threshold_unless_told_and_says_which(demo, tmp_path):
     from part_point_ros.ros.params import default_config_path
 
     base = yaml.safe_load(default_config_path().read_text())["part_point_node"]["ros__parameters"]
@@ -611,6 +611,17 @@ def test_demo_uses_the_nodes_score_threshold_unless_told_and_says_which(demo):
     assert line.startswith("SCORE THRESHOLD 0.50 (part_point_node's default: score_threshold -1 in ")
     assert "= the a2p default" in line and "found: false" in line and "--score-threshold" in line
     assert "\n" not in line
+    calibrated = tmp_path / "head"  # a head whose config carries a calibrated threshold: that is the default
+    calibrated.mkdir()
+    (calibrated / "config.json").write_text(
+        json.dumps({"extra": {"calibration": {"found_threshold": 0.125}}})
+    )
+    config = demo.demo_parameters(demo.DemoOptions(), backbone="b", head=str(calibrated))
+    threshold = demo.score_threshold(demo.DemoOptions(), config)
+    assert threshold["parameter"] == -1.0 and threshold["effective"] == 0.125
+    assert threshold["source"].endswith(
+        "= the a2p default (the head's calibrated one, config.json extra.calibration)"
+    )
 
     told = demo.DemoOptions(score_threshold=0.25)
     config = demo.demo_parameters(told, backbone="b", head="h")

@@ -16,6 +16,7 @@ to 1e-5, same points).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ from part_point_ros.grounding.inputs import (
     reserved_tokens,
 )
 from part_point_ros.grounding.localization_heads import HeadsFile, known_heads_name, load_heads
-from part_point_ros.grounding.methods.a2p import A2PMethod
+from part_point_ros.grounding.methods.a2p import A2PMethod, calibrated_threshold
 from part_point_ros.grounding.methods.attention import AttentionMethod
 from part_point_ros.grounding.methods.base import PeakOptions, PointingMethod
 from part_point_ros.grounding.methods.pop import PopMethod, PopOptions
@@ -52,6 +53,22 @@ POINTING_METHODS: dict[str, type[PointingMethod]] = {
 }
 METHODS = tuple(POINTING_METHODS)
 DEFAULT_THRESHOLDS = {name: m.default_threshold for name, m in POINTING_METHODS.items()}
+
+
+def default_threshold(method: str, head: str | Path | None = None) -> float:
+    """The ``found`` threshold ``method`` uses when none is given, without loading a model: for a2p
+    with a local head directory whose config carries a calibrated one (``a2p.calibrated_threshold``),
+    that; else the method's default (``DEFAULT_THRESHOLDS``)."""
+    if method == "a2p" and head and (Path(head).expanduser() / "config.json").is_file():
+        path = Path(head).expanduser() / "config.json"
+        try:
+            config = json.loads(path.read_text())
+            calibrated = calibrated_threshold(config.get("extra"))
+        except (ValueError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{path}: cannot read a calibrated threshold ({err})") from err
+        if calibrated is not None:
+            return calibrated
+    return DEFAULT_THRESHOLDS[method]
 
 
 def _load_backbone(name: str, **kwargs: Any) -> BackboneAdapter:

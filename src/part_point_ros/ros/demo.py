@@ -227,7 +227,7 @@ def demo_parameters(options: DemoOptions, *, backbone: str, head: str) -> dict[s
 def score_threshold(options: DemoOptions, config: dict[str, Any]) -> dict[str, Any]:
     """part_point_node's score threshold in ``config``: the parameter (-1 = the method's default), the
     threshold it means, and where it comes from (in words)."""
-    from part_point_ros.grounding.pointer import DEFAULT_THRESHOLDS  # (imports torch)
+    from part_point_ros.grounding.pointer import DEFAULT_THRESHOLDS, default_threshold  # (imports torch)
 
     pp = config["part_point_node"]["ros__parameters"]
     default = next(spec.default for spec in PART_POINT_PARAMS if spec.name == "score_threshold")
@@ -240,13 +240,13 @@ def score_threshold(options: DemoOptions, config: dict[str, Any]) -> dict[str, A
     else:
         base = options.params_file or default_config_path()
         source = f"part_point_node's default: score_threshold {value:g} in {base}"
+    effective = value
     if value < 0:
+        effective = default_threshold(method, pp.get("head") or None)
         source += f" = the {method} default"
-    return {
-        "parameter": value,
-        "effective": DEFAULT_THRESHOLDS[method] if value < 0 else value,
-        "source": source,
-    }
+        if effective != DEFAULT_THRESHOLDS[method]:
+            source += " (the head's calibrated one, config.json extra.calibration)"
+    return {"parameter": value, "effective": effective, "source": source}
 
 
 def threshold_line(threshold: dict[str, Any]) -> str:

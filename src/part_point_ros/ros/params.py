@@ -229,7 +229,8 @@ PART_POINT_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "score_threshold",
         -1.0,
-        "found = score >= this; -1 = the method's default (a2p 0.5, attention 0.0, text 0.5)",
+        "found = score >= this; -1 = the method's default "
+        "(a2p: the head's calibrated threshold, else 0.5; attention 0.0; text 0.5)",
         floats=(-1.0, 1.0),
     ),
     ParamSpec(

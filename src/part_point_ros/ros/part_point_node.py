@@ -248,13 +248,12 @@ class PartPointNode(LifecycleNode):
     def _after_set_parameters(self, params: list[Parameter]) -> None:
         self._lifter = grasp_lifter(self._p)  # validated in _on_set_parameters
         if self._pointer is not None and any(p.name == "score_threshold" for p in params):
-            self._pointer.threshold = self._threshold(self._pointer.method)
+            self._pointer.threshold = self._threshold(self._pointer)
 
-    def _threshold(self, method: str) -> float:
-        from part_point_ros.grounding.pointer import DEFAULT_THRESHOLDS
-
+    def _threshold(self, pointer: Any) -> float:
+        """score_threshold, or (-1) the pointer's method default: for a2p the head's calibrated one."""
         value = self._p("score_threshold")
-        return DEFAULT_THRESHOLDS[method] if value < 0 else float(value)
+        return float(pointer.pointing.default_threshold) if value < 0 else float(value)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -434,7 +433,7 @@ class PartPointNode(LifecycleNode):
             max_aspect_ratio=self._p("max_aspect_ratio"),
             **self._pop_options(method),
         )
-        pointer.threshold = self._threshold(method)
+        pointer.threshold = self._threshold(pointer)
         return pointer
 
     def _pop_options(self, method: str) -> dict[str, Any]:

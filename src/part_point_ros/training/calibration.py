@@ -239,6 +239,20 @@ def rejection_threshold(absent: Sequence[Answer], target: float = ABSENT_TARGET)
     return float(np.nextafter(scores[allowed], np.inf))
 
 
+def choose_threshold(present: Sequence[Answer], max_hit_drop: float = MAX_HIT_DROP) -> float | None:
+    """The highest threshold whose hit drop on ``present`` is at most ``max_hit_drop``: it says "found:
+    false" as often as it can (to absent queries, and to misses) while losing at most that share of the
+    hits. The (m+1)-th lowest hit score, m = floor(max_hit_drop n), floored to 4 decimals (a lower
+    threshold only keeps more); None without hits. Choose it on validation scenes and report it on
+    test scenes: on the answers it was chosen on its row is optimistic."""
+    hits = sorted(a.score for a in present if a.hit and a.finite and not math.isnan(a.score))
+    if not hits:
+        return None
+    allowed = math.floor(round(max_hit_drop * len(present), 9))
+    chosen = hits[min(allowed, len(hits) - 1)]
+    return math.floor(chosen * 1e4) / 1e4
+
+
 def instance_measures(answers: Sequence[Answer], threshold: float) -> dict[str, float]:
     """Instance recall, precision and complete share of ``instances`` answers at ``threshold``."""
     twins = [a for a in answers if a.group == INSTANCES]
@@ -292,6 +306,7 @@ def summarize_calibration(
     absent = [a for a in answers if a.group in ABSENT_KINDS]
     at_default = threshold_row(answers, default_threshold)
     reject_at = rejection_threshold(absent, target)
+    chosen_at = choose_threshold(present)
     absent_scores = [a.score if a.finite else float("nan") for a in absent]  # no point: never found
     met = {  # at the default threshold; None: not measured (no question of that group)
         "absent_found_false": _met(at_default["found_false_absent"] - target),
@@ -310,6 +325,7 @@ def summarize_calibration(
         "table": [threshold_row(answers, t) for t in sorted(thresholds)],
         "at_default": at_default,
         "reject_absent": None if reject_at is None else threshold_row(answers, reject_at),
+        "max_drop": None if chosen_at is None else threshold_row(answers, chosen_at),
         "targets": {
             "absent_found_false": target,
             "max_hit_drop": MAX_HIT_DROP,
@@ -352,6 +368,8 @@ def _threshold_label(row: dict[str, float], summary: dict[str, Any], target: flo
         and math.isfinite(t)
     ):
         label = f"> {_short(float(np.nextafter(t, -np.inf)))} (rejects {target:.0%} of absent)"
+    elif summary.get("max_drop") is not None and t == summary["max_drop"]["threshold"]:
+        label = f"{label} (highest with hit drop <= {MAX_HIT_DROP:g})"
     if t == summary["default_threshold"]:
         label = f"**{label} (default)**"
     return label
@@ -402,8 +420,9 @@ def format_calibration(report: dict[str, Any]) -> str:
         ]
         rows = {row["threshold"]: row for row in summary["table"]}
         rows[summary["at_default"]["threshold"]] = summary["at_default"]
-        if summary["reject_absent"] is not None:
-            rows[summary["reject_absent"]["threshold"]] = summary["reject_absent"]
+        for extra in ("reject_absent", "max_drop"):
+            if summary.get(extra) is not None:
+                rows[summary[extra]["threshold"]] = summary[extra]
         for t in sorted(rows):
             cells = [_cell(rows[t][key]) for key, _ in _COLUMNS]
             lines.append(f"| {_threshold_label(rows[t], summary, target)} | " + " | ".join(cells) + " |")
@@ -520,6 +539,41 @@ def pointer_factory(
     return make
 
 
+def held_out_test_seeds(seeds: Sequence[int], twin_seeds: Sequence[int]) -> list[int]:
+    """The seeds among ``seeds`` / ``twin_seeds`` that lie in a held-out TEST range (which must never
+    choose a setting)."""
+    from part_point_ros.sim.layout import TWIN_SPLIT_SEEDS
+    from part_point_ros.sim.vqa import SPLIT_SEEDS
+
+    lo, hi = SPLIT_SEEDS["test"]
+    twin_lo, twin_hi = TWIN_SPLIT_SEEDS["test"]
+    return [s for s in seeds if lo <= s < hi] + [s for s in twin_seeds if twin_lo <= s < twin_hi]
+
+
+def write_threshold(head: str | Path, summary: dict[str, Any], *, seeds: str, twin_seeds: str) -> float:
+    """Write the chosen threshold (``summary["max_drop"]``) into ``head``/config.json as
+    ``extra["calibration"]``, which ``A2PMethod`` then uses as its default; returns it."""
+    row = summary.get("max_drop")
+    if row is None:
+        raise InputError("no threshold to write: no present query was a hit on these scenes")
+    path = Path(head) / "config.json"
+    if not path.is_file():
+        raise InputError(f"{path} does not exist: --write-threshold needs a local head directory")
+    config = json.loads(path.read_text())
+    config.setdefault("extra", {})["calibration"] = {
+        "found_threshold": row["threshold"],
+        "rule": f"the highest threshold whose hit drop is <= {MAX_HIT_DROP:g} on these scenes",
+        "seeds": seeds,
+        "twin_seeds": twin_seeds,
+        "hit_rate_any": summary["hit_rate_any"],
+        "hit_rate": row["hit_rate"],
+        "found_false_absent": row["found_false_absent"],
+        "tool": "python -m part_point_ros.training.calibration --write-threshold",
+    }
+    path.write_text(json.dumps(json_ready(config), indent=2, sort_keys=True) + "\n")
+    return float(row["threshold"])
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -558,11 +612,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--json", type=Path, help="also write the report (with every answer) here")
+    parser.add_argument(
+        "--write-threshold",
+        action="store_true",
+        help=f"a2p only: write the highest threshold with hit drop <= {MAX_HIT_DROP:g} on these scenes "
+        "into the head's config.json (extra.calibration), its default from then on; validation seeds only",
+    )
     args = parser.parse_args(argv)
     try:
         methods = [m.strip() for item in (args.method or ["a2p"]) for m in item.split(",") if m.strip()]
         seeds = [] if args.seeds.strip().lower() == "none" else parse_seeds(args.seeds)
         twins = [] if args.twin_seeds.strip().lower() == "none" else parse_seeds(args.twin_seeds)
+        if args.write_threshold:
+            if methods != ["a2p"]:
+                raise InputError("--write-threshold calibrates one a2p head: use --method a2p alone")
+            held_out = held_out_test_seeds(seeds, twins)
+            if held_out:
+                raise InputError(
+                    f"--write-threshold chooses a setting, so not on test seeds (e.g. {held_out[0]}): use "
+                    "validation scenes, e.g. --seeds 100000:100040 --twin-seeds none"
+                )
         factory = pointer_factory(
             backbone=args.backbone,
             head=args.head,
@@ -589,6 +658,15 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(json_ready(report), indent=1) + "\n")
     print(format_calibration(report))
+    if args.write_threshold:
+        head = args.head or shipped_model(SHIPPED_HEAD)
+        try:
+            summary = report["methods"]["a2p"]
+            value = write_threshold(head, summary, seeds=args.seeds, twin_seeds=args.twin_seeds)
+        except PartPointError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote found_threshold {value:g} into {Path(head) / 'config.json'} (extra.calibration)")
     return 0
 
 

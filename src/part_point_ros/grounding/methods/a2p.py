@@ -9,7 +9,9 @@ it, so every point has 0 <= x <= W - 1 and 0 <= y <= H - 1. ``score`` for a head
 paper's BCE = mean over the k heads of sigmoid(q_s·K_v/√d_h) at the grid cell under the peak: the
 patch-level probability that L_bce trains, so 0.5 is a natural ``found`` threshold; for a head with a
 softmax patch term (``HeadConfig.patch_loss``) = the share of its attention within one cell of that
-cell (``score_rule``), read against the same 0.5.
+cell (``score_rule``). The default ``found`` threshold is the head's own calibrated one when its
+config carries it (``calibrated_threshold``: written by ``python -m part_point_ros.training.calibration
+--write-threshold`` from validation scenes), else 0.5.
 """
 
 from __future__ import annotations
@@ -91,6 +93,17 @@ def decode_a2p(
     return prob.astype(np.float32), points
 
 
+DEFAULT_FOUND_THRESHOLD = 0.5  # a head without a calibration: sigmoid's natural midpoint
+
+
+def calibrated_threshold(extra: dict[str, Any] | None) -> float | None:
+    """The ``found`` threshold the calibration tool wrote into a head config's ``extra``
+    (``extra["calibration"]["found_threshold"]``, chosen on validation scenes: see
+    ``training.calibration.choose_threshold``), or None when the head has none."""
+    value = ((extra or {}).get("calibration") or {}).get("found_threshold")
+    return None if value is None else float(value)
+
+
 def score_rule(config) -> str:
     """The ``decode_a2p`` score of a head: "sigmoid" when its patch term is the paper's BCE alone,
     else "softmax_near" (a softmax term leaves sigmoid(logit) uncalibrated: ~0.9 on every query)."""
@@ -101,10 +114,13 @@ class A2PMethod(PointingMethod):
     """The trained ``PartPointHead``; ``batch``: one head forward over all queries of a frame."""
 
     name = "a2p"
-    default_threshold = 0.5
+    default_threshold = DEFAULT_FOUND_THRESHOLD  # per instance: the head's calibrated one if it has it
 
     def __init__(self, head: Any, peaks: PeakOptions, *, batch: bool = True) -> None:
         self.head = head
+        calibrated = calibrated_threshold(head.config.extra)
+        if calibrated is not None:
+            self.default_threshold = calibrated
         self.heads = tuple(head.config.head_refs)
         self.peaks = peaks
         self.batch = batch
