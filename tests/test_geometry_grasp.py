@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from geometry_helpers import plane_depth, plane_normal, ray_plane_point
+from geometry_helpers import cylinder_depth, plane_depth, plane_normal, ray_cylinder_depth, ray_plane_point
 
 from part_point_ros.geometry.camera import PinholeCamera
 from part_point_ros.geometry.grasp import GraspLifter, GraspResult, LiftFailure, grasp_rotation
@@ -54,6 +54,22 @@ def test_lift_on_a_tilted_plane_gives_the_ray_plane_point_and_approach_against_t
     assert np.linalg.det(r) == pytest.approx(1.0)
     np.testing.assert_allclose(result.pose.translation, result.point)
     assert result.pose.parent_frame == "cam_optical"
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.3, 0.6, 0.8])  # share of the radius off the apex, in the image
+def test_lift_on_a_curved_part_lands_on_its_surface(offset):
+    """A cylinder of radius 4 cm at 0.6 m (a mug's body): the point is the ray's own surface point to
+    0.3 mm (the plane of a 15 x 15-pixel patch missed it by millimetres, growing toward the edge)."""
+    cam = camera()
+    center, radius = np.array([0.0, 0.0, 0.6]), 0.04
+    depth = cylinder_depth(cam, center, radius)
+    x = offset * radius / (center[2] - radius)  # normalised image x of a ray toward that side
+    u, v = cam.k[0, 2] + x * cam.k[0, 0] + 0.37, 60.6  # and sub-pixel
+    result = GraspLifter().lift(u, v, depth, cam)
+    assert result.ok
+    ray = cam.pixel_rays(np.array([[u, v]]))
+    truth = ray[0] * ray_cylinder_depth(ray, center, radius)[0]
+    assert np.linalg.norm(result.point - truth) < 3e-4, (offset, 1000 * np.linalg.norm(result.point - truth))
 
 
 @pytest.mark.parametrize(
