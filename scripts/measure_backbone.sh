@@ -26,7 +26,7 @@ once() {  # once OUTPUT COMMAND...: run COMMAND unless OUTPUT exists
     local out=$1; shift
     if [ -e "$out" ]; then say "have $out"; return; fi
     say "start: $*"
-    "$@" >> "$LOG.$(basename "$out").log" 2>&1
+    "$@" >> "$LOG.$(echo "${out#"$S"/}" | tr / _).log" 2>&1  # one log per step
     say "done: $out"
 }
 both() {  # both "CMD1" "CMD2": run two steps side by side; fail when either fails

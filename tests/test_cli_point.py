@@ -273,7 +273,12 @@ def test_pickled_backbone_loads_only_when_allowed(tmp_path, image_png):
     reference = run_cli(*args, "--backbone", str(SHIPPED_BACKBONE))
     assert reference.returncode == 0, reference.stderr
     pickled, safe = json.loads(proc.stdout), json.loads(reference.stdout)
-    assert (pickled["x"], pickled["y"], pickled["score"]) == (safe["x"], safe["y"], safe["score"])
+    # the same weights: the same point up to float noise (two processes on a loaded machine differed
+    # by 1e-4 px once); other weights move it by pixels
+    assert pickled["x"] == pytest.approx(safe["x"], abs=1e-2) and pickled["y"] == pytest.approx(
+        safe["y"], abs=1e-2
+    )
+    assert pickled["score"] == pytest.approx(safe["score"], abs=1e-4)
 
 
 @pytest.mark.parametrize(
