@@ -20,7 +20,7 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 HEAD_DIR = MODELS / "tiny-tabletop-a2p"
 BACKBONE_DIR = MODELS / "tiny-tabletop-llava"
 HELD_OUT_SEEDS = list(range(200_000, 200_006))
-PATCH_FACTOR, A2P_MIN, OVER_ATTENTION = 8.0, 0.22, 0.05  # under the measured levels (below)
+PATCH_FACTOR, A2P_MIN, OVER_ATTENTION = 12.0, 0.32, 0.08  # under the measured levels (below)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,9 @@ def test_shipped_head_points_at_the_asked_region_above_chance_on_held_out_scenes
     measured = (np.mean(hits), np.mean(chance), np.mean(point_hits), np.mean(attention_hits), len(hits))
     print("patch hits {:.3f}, random patch {:.3f}, a2p {:.3f}, attention {:.3f}, n {}".format(*measured))
     assert len(hits) >= 80
-    # measured on these seeds (122 queries): patch hits 0.393 vs 0.033 for a random patch; point hits
-    # a2p 0.311 vs attention 0.164 (binomial sd ~0.04); the 2026-11-30 models: 0.230, 0.172 vs 0.107
+    # measured on these seeds (122 queries): patch hits 0.598 vs 0.033 for a random patch; point hits
+    # a2p 0.410 vs attention 0.246 (binomial sd ~0.045); the step-3,400 models (shipped until
+    # 2026-12-01, fifth session): 0.393, 0.311 vs 0.164; the 2026-11-30 models: 0.230, 0.172 vs 0.107
     assert np.mean(hits) >= PATCH_FACTOR * np.mean(chance), measured
     assert np.mean(point_hits) >= A2P_MIN, measured
     assert np.mean(point_hits) >= np.mean(attention_hits) + OVER_ATTENTION, measured
