@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -283,11 +284,7 @@ def test_choose_threshold_is_the_highest_that_keeps_the_hits(answers):
 def _head_copy(tmp_path: Path) -> Path:
     from part_point_ros.training.calibration import SHIPPED_HEAD, shipped_model
 
-    head = tmp_path / "head"
-    head.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        (head / name).write_bytes((Path(shipped_model(SHIPPED_HEAD)) / name).read_bytes())
-    return head
+    return Path(shutil.copytree(shipped_model(SHIPPED_HEAD), tmp_path / "head"))
 
 
 def test_a_written_threshold_becomes_the_a2p_default(tmp_path: Path, answers):

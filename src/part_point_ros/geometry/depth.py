@@ -45,6 +45,17 @@ class DepthReading:
         return self.value is not None
 
 
+def window_box(shape: tuple[int, ...], u: float, v: float, window: int) -> tuple[slice, slice]:
+    """(rows, cols) slices of the ``window`` x ``window`` box centred on the pixel nearest (u, v),
+    cut at the image border (``shape``: (H, W, ...))."""
+    col, row = int(round(u)), int(round(v))
+    half = max(window, 1) // 2
+    return (
+        slice(max(row - half, 0), min(row + half + 1, shape[0])),
+        slice(max(col - half, 0), min(col + half + 1, shape[1])),
+    )
+
+
 def robust_depth(
     depth_m: np.ndarray,
     u: float,
@@ -64,8 +75,7 @@ def robust_depth(
     col, row = int(round(u)), int(round(v))
     if not (0 <= col < w and 0 <= row < h):
         return DepthReading(None, 0, f"pixel ({u:.1f}, {v:.1f}) is outside the {w}x{h} depth image")
-    half = max(window, 1) // 2
-    patch = depth_m[max(row - half, 0) : row + half + 1, max(col - half, 0) : col + half + 1]
+    patch = depth_m[window_box(depth_m.shape, u, v, window)]
     valid = patch[np.isfinite(patch) & (patch >= min_depth) & (patch <= max_depth)]
     if valid.size < min_valid:
         return DepthReading(
@@ -120,8 +130,7 @@ def mask_depth(
     col, row = int(round(u)), int(round(v))
     if not (0 <= col < w and 0 <= row < h):
         return DepthReading(None, 0, f"pixel ({u:.1f}, {v:.1f}) is outside the {w}x{h} depth image", "mask")
-    half = max(window, 1) // 2
-    box = (slice(max(row - half, 0), row + half + 1), slice(max(col - half, 0), col + half + 1))
+    box = window_box(depth_m.shape, u, v, window)
     patch, in_part = depth_m[box], part[box]
     valid = patch[in_part & np.isfinite(patch) & (patch >= min_depth) & (patch <= max_depth)]
     if valid.size < min_valid:

@@ -21,7 +21,7 @@ import numpy as np
 
 from part_point_ros.errors import InputError
 from part_point_ros.geometry.camera import PinholeCamera
-from part_point_ros.geometry.depth import as_mask, mask_depth, robust_depth
+from part_point_ros.geometry.depth import as_mask, mask_depth, robust_depth, window_box
 from part_point_ros.geometry.normals import estimate_normal, local_points
 from part_point_ros.geometry.part_axis import (
     MIN_ELONGATION,
@@ -248,21 +248,13 @@ class GraspLifter:
         through the 15 x 15-pixel normal patch lies off a curved part (a mug's body) by the patch's
         sagitta: a 2.4 mm median lift error on the synthetic test scenes, 0.13 mm this way."""
         ray = camera.pixel_rays(np.array([[u, v]]))[0]  # (3,), z = 1: ray * t is at depth t
-        h, w = depth_m.shape[:2]
-        col, row = int(round(u)), int(round(v))
-        half = max(self.depth_window, 3) // 2
-        r0, r1, c0, c1 = (
-            max(row - half, 0),
-            min(row + half + 1, h),
-            max(col - half, 0),
-            min(col + half + 1, w),
-        )
-        patch = depth_m[r0:r1, c0:c1]
+        box = window_box(depth_m.shape, u, v, max(self.depth_window, 3))
+        patch = depth_m[box]
         keep = np.isfinite(patch) & (np.abs(patch - z0) <= band)
         if part is not None:
-            keep &= part[r0:r1, c0:c1]
+            keep &= part[box]
         rows, cols = np.nonzero(keep)
-        du, dv = cols + c0 - u, rows + r0 - v  # (N,) pixel offsets from (u, v)
+        du, dv = cols + box[1].start - u, rows + box[0].start - v  # (N,) pixel offsets from (u, v)
         terms = np.column_stack([np.ones_like(du), du, dv, du * du, dv * dv, du * dv])  # (N, 6)
         if rows.size >= 9 and np.linalg.matrix_rank(terms) == terms.shape[1]:
             coef = np.linalg.lstsq(terms, 1.0 / patch[rows, cols], rcond=None)[0]
