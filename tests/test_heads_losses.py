@@ -259,7 +259,7 @@ def test_head_loss_is_bce_plus_lambda_point(supervision):
     heat_targets = {key: torch.from_numpy(np.stack([v, v])) for key, v in targets.items()}
     patch = torch.rand(2, 12)
     losses = head_loss(out, patch_targets=patch, heatmap_targets=heat_targets, config=cfg)
-    assert set(losses) == {"total", "bce", "point"}
+    assert set(losses) == {"total", "bce", "point", "presence"} and float(losses["presence"]) == 0
     assert float(losses["bce"]) == pytest.approx(float(patch_bce(out.attn_logits, patch).mean()))
     assert float(losses["total"]) == pytest.approx(float(losses["bce"]) + 0.25 * float(losses["point"]))
     with pytest.raises(KeyError, match="build_heatmap_targets"):

@@ -3,6 +3,11 @@
 One ``Sample`` per query of every scene under ``<root>/<split>/scene_*/``; images and masks are
 read only when asked for. The format is described in docs/synthetic_world.md. Reading needs
 numpy and Pillow only (no open3d).
+
+``absent=True`` adds, after each scene's own queries, its questions about what is not there
+(``sim.queries.make_absent_queries``, made from meta.json: nothing is written to disk): an empty
+mask and ``meta["present"] = False``. They train a head's presence output (``HeadConfig.presence``,
+"not here"); every other loss and metric leaves them out.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from part_point_ros.data.base import PartDataset, Sample
 from part_point_ros.data.errors import DataError
 from part_point_ros.errors import InputError
 from part_point_ros.sim.disk import FORMAT_NAME, FORMAT_VERSION
+from part_point_ros.sim.queries import make_absent_queries, min_query_pixels
+from part_point_ros.sim.scene import ObjectInstance, PartInstance
 
 QUERY_KINDS = ("direct", "reasoning")
 _REGENERATE = "regenerate the scene with `python -m part_point_ros.sim.generate`"
@@ -108,6 +115,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
             raise r.fail(where, "must be an object")
         pid = r.get(p, "id", "int", where)
         parts[pid] = {
+            "object_id": r.get(p, "object_id", "int", where) if "object_id" in p else None,
             "object": r.get(p, "object", "str", where),
             "part": r.get(p, "part", "str", where),
             "pixels": r.get(p, "pixels", "int", where),
@@ -115,6 +123,19 @@ def _read_meta(path: Path) -> dict[str, Any]:
             "point_3d": r.numbers(p, "point_3d", (3,), where, optional=True),
             "point_3d_camera": r.numbers(p, "point_3d_camera", (3,), where, optional=True),
         }
+    objects = []
+    for i, o in enumerate(r.get(raw, "objects", "list") if "objects" in raw else []):
+        where = f"objects[{i}]"
+        if not isinstance(o, dict):
+            raise r.fail(where, "must be an object")
+        objects.append(
+            {
+                "id": r.get(o, "id", "int", where),
+                "type": r.get(o, "type", "str", where),
+                "colour": r.get(o, "colour", "str", where),
+                "part_ids": r.ints(o, "part_ids", where),
+            }
+        )
     queries = []
     for i, q in enumerate(r.get(raw, "queries", "list")):
         where = f"queries[{i}]"
@@ -144,8 +165,30 @@ def _read_meta(path: Path) -> dict[str, Any]:
         "camera_pose": camera_pose,
         "files": names,
         "parts": parts,
+        "objects": objects,
         "queries": queries,
     }
+
+
+def _absent_queries(meta: dict[str, Any]) -> list:
+    """The scene's ``make_absent_queries`` from its meta.json (objects and visible pixel counts)."""
+    objects = [
+        ObjectInstance(o["id"], o["type"], o["colour"], np.eye(4), tuple(o["part_ids"]))
+        for o in meta["objects"]
+    ]
+    parts = [
+        PartInstance(pid, p["object_id"], p["object"], p["part"], "", p["pixels"], None, None, None)
+        for pid, p in meta["parts"].items()
+    ]
+    if not objects or any(p.object_id is None for p in parts):
+        raise SyntheticDataError(
+            f"scene {meta['seed']}: meta.json lacks 'objects' or parts' 'object_id', which the absent "
+            f"queries need; {_REGENERATE}"
+        )
+    size = meta["intrinsics"]
+    return make_absent_queries(
+        meta["seed"], objects, parts, min_pixels=min_query_pixels(size["width"], size["height"])
+    )
 
 
 def _image_loader(path: Path):
@@ -165,8 +208,9 @@ def _mask_loader(path: Path, part_ids: list[int]):
     return load
 
 
-def load_synthetic(root: str | Path, split: str = "train") -> PartDataset:
-    """Every query of every scene in ``<root>/<split>``, as a lazily loaded ``PartDataset``.
+def load_synthetic(root: str | Path, split: str = "train", absent: bool = False) -> PartDataset:
+    """Every query of every scene in ``<root>/<split>``, as a lazily loaded ``PartDataset``; with
+    ``absent``, each scene's absent-object and absent-part questions after its own (module doc).
 
     Skipped (and counted in ``PartDataset.skipped``): scene folders without meta.json (unfinished),
     scenes whose rgb.png or parts.png is missing, queries whose parts have no visible pixel.
@@ -228,4 +272,43 @@ def load_synthetic(root: str | Path, split: str = "train") -> PartDataset:
                     meta=info,
                 )
             )
+        if absent:
+            samples += _absent_samples(meta, split, scene_dir, rgb_path, parts_path)
     return PartDataset(name=f"synthetic/{split}", samples=samples, skipped=skipped, source=str(split_dir))
+
+
+def _absent_samples(meta: dict[str, Any], split: str, scene_dir: Path, rgb_path: Path, parts_path: Path):
+    """Samples of the scene's absent queries: ids ``.../a00``, ``.../a01``, ..., an empty mask."""
+    samples = []
+    for ai, q in enumerate(_absent_queries(meta)):
+        info = {
+            "dataset": "synthetic",
+            "split": split,
+            "scene_seed": meta["seed"],
+            "scene_dir": str(scene_dir),
+            "category": q.object_type,
+            "object": q.object_type,
+            "part": q.part,
+            "query_kind": q.kind,
+            "ambiguous": False,
+            "colour": q.colour,
+            "part_ids": [],
+            "present": False,
+            "gt_points_2d": [],
+            "gt_points_3d": [],
+            "gt_points_3d_camera": [],
+            "intrinsics": dict(meta["intrinsics"]),
+            "camera_pose": meta["camera_pose"],
+            "depth_path": str(scene_dir / meta["files"]["depth_mm"]),
+        }
+        samples.append(
+            Sample(
+                sample_id=f"synthetic/{split}/{scene_dir.name}/a{ai:02d}",
+                image_path=rgb_path,
+                query=q.text,
+                load_image=_image_loader(rgb_path),
+                load_mask=_mask_loader(parts_path, []),  # np.isin(ids, []): all False, the image's size
+                meta=info,
+            )
+        )
+    return samples

@@ -60,6 +60,12 @@ class HeadConfig:
     sdf_lambda: float = 0.001
     sdf_units: str = "heatmap_px"  # unverified: distances in heatmap pixels or grid cells
     gaussian_sigma: float = 2.0  # ablation "gaussian": sigma in heatmap pixels
+    # Presence output (not the paper's; heads/presence.py): a logit "the target is in the image",
+    # trained by BCE on present and absent queries, weight presence_weight; the a2p score then is
+    # its probability (a2p.score_rule "presence")
+    presence: bool = False
+    presence_hidden: int = 64
+    presence_weight: float = 1.0
     version: int = CONFIG_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (dataset, seed, ...)
 
@@ -68,14 +74,22 @@ class HeadConfig:
         self._check_heads()
         _positive_ints(
             self,
-            ("d_head", "n_latents", "n_rounds", "qsynth_ffn_ratio", "qsynth_attn_heads", "d_fused"),
+            (
+                "d_head",
+                "n_latents",
+                "n_rounds",
+                "qsynth_ffn_ratio",
+                "qsynth_attn_heads",
+                "d_fused",
+                "presence_hidden",
+            ),
         )
         _choice(self, "query_pooling", QUERY_POOLINGS)
         _choice(self, "supervision", SUPERVISIONS)
         _choice(self, "sdf_units", SDF_UNITS)
         _choice(self, "attn_scale", ATTN_SCALES)
         _choice(self, "patch_loss", PATCH_LOSSES)
-        for name in ("qsynth_prenorm", "qsynth_ffn", "use_values", "use_decoder"):
+        for name in ("qsynth_prenorm", "qsynth_ffn", "use_values", "use_decoder", "presence"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"HeadConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if self.d_head % self.qsynth_attn_heads:
@@ -96,7 +110,7 @@ class HeadConfig:
         for name in ("sdf_tau", "gaussian_sigma"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"HeadConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("sdf_gamma", "sdf_lambda"):
+        for name in ("sdf_gamma", "sdf_lambda", "presence_weight"):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"HeadConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.version != CONFIG_VERSION:

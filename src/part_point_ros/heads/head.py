@@ -19,6 +19,7 @@ from torch import nn
 from part_point_ros.errors import CheckpointError
 from part_point_ros.heads.attention_to_point import AttentionToPoint, attention_heatmap
 from part_point_ros.heads.config import HeadConfig
+from part_point_ros.heads.presence import PresenceHead
 from part_point_ros.heads.query_synthesis import QuerySynthesis, pool_queries
 
 CONFIG_NAME = "config.json"
@@ -32,6 +33,7 @@ class HeadOutput:
     attn_logits: torch.Tensor  # (B, k, P) q_s · K_vᵀ / √d_h
     attn: torch.Tensor  # (B, k, P) softmax over the P image tokens (A_s)
     heatmap: torch.Tensor  # (B, s·rows, s·cols) logits, s = config.upscale (4)
+    presence: torch.Tensor | None = None  # (B,) logits "the query's target is in the image" (config.presence)
 
 
 class PartPointHead(nn.Module):
@@ -66,6 +68,9 @@ class PartPointHead(nn.Module):
                 use_values=config.use_values,
                 attn_scale=config.attn_scale,
             )
+        self.presence: PresenceHead | None = None
+        if config.presence:
+            self.presence = PresenceHead(k=config.k, d_head=config.d_head, hidden=config.presence_hidden)
 
     def forward(
         self,
@@ -94,7 +99,8 @@ class PartPointHead(nn.Module):
             heatmap = self.a2p(attn, values, grid)
         else:
             heatmap = attention_heatmap(attn, grid, self.config.upscale)
-        return HeadOutput(attn_logits=attn_logits, attn=attn, heatmap=heatmap)
+        presence = self.presence(q_s, attn_logits, values) if self.presence is not None else None
+        return HeadOutput(attn_logits=attn_logits, attn=attn, heatmap=heatmap, presence=presence)
 
     def _check_inputs(self, queries, query_mask, keys, values, grid) -> None:
         k, d = self.config.k, self.config.d_head
@@ -125,10 +131,16 @@ class PartPointHead(nn.Module):
         return first.dtype if first is not None else torch.float32
 
     def num_parameters(self) -> dict[str, int]:
-        """Trainable parameter counts: {"query_synthesis", "attention_to_point", "total"}."""
+        """Trainable parameter counts: {"query_synthesis", "attention_to_point", "presence", "total"}."""
         qsynth = sum(p.numel() for p in self.qsynth.parameters())
         a2p = sum(p.numel() for p in self.a2p.parameters()) if self.a2p is not None else 0
-        return {"query_synthesis": qsynth, "attention_to_point": a2p, "total": qsynth + a2p}
+        presence = sum(p.numel() for p in self.presence.parameters()) if self.presence is not None else 0
+        return {
+            "query_synthesis": qsynth,
+            "attention_to_point": a2p,
+            "presence": presence,
+            "total": qsynth + a2p + presence,
+        }
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""

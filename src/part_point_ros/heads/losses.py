@@ -209,19 +209,34 @@ def head_loss(
     patch_targets: torch.Tensor,
     heatmap_targets: dict[str, torch.Tensor],
     config: HeadConfig,
+    present: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """L_total = L_patch + λ·L_point, each averaged over the batch -> {"total", "bce", "point"}.
+    """L_total = L_patch + λ·L_point (+ w·L_presence) -> {"total", "bce", "point", "presence"}.
 
     L_patch is the paper's BCE, the softmax cross-entropy, or their sum, as ``config.patch_loss``
-    says (the key stays "bce" so logs and histories keep one name for the patch term)."""
+    says (the key stays "bce" so logs and histories keep one name for the patch term). ``present``
+    (B,) bool marks the samples whose target is in the image (None: all): L_patch and L_point are
+    averaged over those only (an absent query has nothing to point at), L_presence (BCE of
+    ``output.presence`` against ``present``, weight ``config.presence_weight``) over every sample;
+    0 for a head without a presence output."""
     logits, targets = output.attn_logits, patch_targets.to(output.attn_logits.device)
-    bce = logits.new_zeros(())
+    if present is None:
+        present = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+    present = present.to(logits.device).bool()
+    weight = present.to(torch.float32) / present.sum().clamp_min(1)  # mean over present samples
+
+    bce = logits.new_zeros((), dtype=torch.float32)
     if config.patch_loss in ("bce", "bce+softmax_ce"):
-        bce = bce + patch_bce(logits, targets).mean()
+        bce = bce + (patch_bce(logits, targets) * weight).sum()
     if config.patch_loss in ("softmax_ce", "bce+softmax_ce"):
-        bce = bce + patch_softmax_ce(logits, targets).mean()
-    point = point_loss(output.heatmap, heatmap_targets, config).mean()
-    return {"total": bce + config.sdf_lambda * point, "bce": bce, "point": point}
+        bce = bce + (patch_softmax_ce(logits, targets) * weight).sum()
+    point_each = point_loss(output.heatmap, heatmap_targets, config)
+    point = (torch.where(present, point_each, torch.zeros_like(point_each)) * weight).sum()
+    presence = bce.new_zeros(())
+    if output.presence is not None:
+        presence = F.binary_cross_entropy_with_logits(_wide(output.presence), present.to(torch.float32))
+    total = bce + config.sdf_lambda * point + config.presence_weight * presence
+    return {"total": total, "bce": bce, "point": point, "presence": presence}
 
 
 def _same_shape(heatmap: torch.Tensor, target: torch.Tensor, name: str) -> None:

@@ -54,6 +54,7 @@ class Batch:
     heatmap_targets: dict[str, torch.Tensor]  # each (B, s·rows, s·cols)
     sample_ids: list[str]
     indices: list[int]
+    present: torch.Tensor | None = None  # (B,) bool: the query's target is in the image (is_present)
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
@@ -66,6 +67,7 @@ class Batch:
             heatmap_targets={k: v.to(device) for k, v in self.heatmap_targets.items()},
             sample_ids=self.sample_ids,
             indices=self.indices,
+            present=None if self.present is None else self.present.to(device),
         )
 
     def __len__(self) -> int:
@@ -102,7 +104,14 @@ def collate(items: Sequence[FeatureItem], config: HeadConfig, dtype: torch.dtype
         },  # B x (H, W) -> (B, H, W)
         sample_ids=[it.sample_id for it in items],
         indices=[it.index for it in items],
+        present=torch.tensor([is_present(it.meta) for it in items], dtype=torch.bool),
     )
+
+
+def is_present(meta: dict) -> bool:
+    """False for a sample about something not in its image (``meta["present"]`` False: the absent
+    queries of ``load_synthetic(..., absent=True)``); True for every other sample."""
+    return bool(meta.get("present", True))
 
 
 class GridBucketBatchSampler(torch.utils.data.Sampler[list[int]]):

@@ -75,7 +75,7 @@ def predict_from_cache(
 ) -> list[PredictionRecord]:
     """a2p predictions from cached features: heatmap peak (LENS-refined) -> original pixels, decoded
     by ``grounding.methods.a2p.decode_a2p`` exactly as ``PartPointer`` does (padding cells never win)."""
-    from part_point_ros.grounding.methods.a2p import decode_a2p, score_rule
+    from part_point_ros.grounding.methods.a2p import decode_a2p, presence_probability, score_rule
 
     head = head.to(device).eval()
     count = len(cache) if max_samples is None else min(len(cache), max_samples)
@@ -97,6 +97,7 @@ def predict_from_cache(
                 upscale,
                 subpixel=subpixel,
                 score=score_rule(head.config),
+                presence=presence_probability(out, b),
             )
             x, y, score = points[0]
             record = cache.records[index]

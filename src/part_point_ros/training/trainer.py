@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from part_point_ros.heads import HeadConfig, PartPointHead
 from part_point_ros.heads.losses import head_loss
-from part_point_ros.training.batching import Batch, GridBucketBatchSampler, collate
+from part_point_ros.training.batching import Batch, GridBucketBatchSampler, collate, is_present
 from part_point_ros.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from part_point_ros.training.config import TrainConfig
 from part_point_ros.training.distributed import (
@@ -30,7 +30,7 @@ from part_point_ros.training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from part_point_ros.training.errors import ResumeError
+from part_point_ros.training.errors import ConfigError, ResumeError
 from part_point_ros.training.feature_cache import FeatureCache
 from part_point_ros.training.scalars import ScalarLogger
 
@@ -65,8 +65,6 @@ def head_config_for(cache: FeatureCache, config: TrainConfig) -> HeadConfig:
             **{**config.head, "extra": {**extra, **config.head.get("extra", {})}},
         )
     except (TypeError, ValueError) as err:
-        from part_point_ros.training.errors import ConfigError
-
         raise ConfigError(f"head: {err}") from err
 
 
@@ -111,8 +109,20 @@ def _step_loss(model: Any, batch: Batch, head_cfg: HeadConfig, autocast: Any) ->
     with autocast():
         out = model(batch.queries, batch.query_mask, batch.keys, batch.values, batch.grid_shape)
     return head_loss(
-        out, patch_targets=batch.patch_targets, heatmap_targets=batch.heatmap_targets, config=head_cfg
+        out,
+        patch_targets=batch.patch_targets,
+        heatmap_targets=batch.heatmap_targets,
+        config=head_cfg,
+        present=batch.present,
     )
+
+
+def training_indices(cache: FeatureCache, head_cfg: HeadConfig) -> list[int]:
+    """The cache samples a head trains on: all of them for a head with a presence output; without
+    one, only those whose target is in the image (absent queries teach nothing else)."""
+    if head_cfg.presence:
+        return list(range(len(cache)))
+    return [i for i, record in enumerate(cache.records) if is_present(record["meta"])]
 
 
 def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
@@ -142,12 +152,23 @@ def _train(config: TrainConfig, *, resume: bool, dist_info: DistInfo, device: st
 
     torch.manual_seed(config.seed)
     head = PartPointHead(head_cfg).to(device)
+    indices = training_indices(cache, head_cfg)
+    if not indices:
+        raise ConfigError(f"{cache.root}: no sample has its target in the image; nothing to train on")
+    if head_cfg.presence and all(is_present(cache.records[i]["meta"]) for i in indices):
+        raise ConfigError(
+            f"{cache.root}: head.presence is on but the cache holds no absent query to learn 'not here' "
+            "from; cache a data set with them (synthetic: train_data.args.absent: true) or set "
+            "head.presence: false"
+        )
+    data = cache if len(indices) == len(cache) else torch.utils.data.Subset(cache, indices)
+    shapes = cache.grid_shapes()
     sampler = GridBucketBatchSampler(
-        cache.grid_shapes(), config.batch_size, shuffle=True, seed=config.seed,
+        [shapes[i] for i in indices], config.batch_size, shuffle=True, seed=config.seed,
         num_replicas=dist_info.world_size, rank=dist_info.rank,
     )  # fmt: skip
     loader = torch.utils.data.DataLoader(
-        cache,
+        data,
         batch_sampler=sampler,
         collate_fn=partial(collate, config=head_cfg),
         num_workers=config.num_workers,
@@ -186,7 +207,7 @@ def _train(config: TrainConfig, *, resume: bool, dist_info: DistInfo, device: st
         for epoch in range(start_epoch, config.epochs + 1):
             sampler.set_epoch(epoch)
             model.train()
-            sums = torch.zeros(4, dtype=torch.float64)  # loss, bce, point sums (x batch size), samples
+            sums = torch.zeros(5, dtype=torch.float64)  # loss, bce, point, presence sums (x batch), samples
             bar = _progress(loader, config.progress and dist_info.is_main, f"epoch {epoch}/{config.epochs}")
             for batch in bar:
                 batch = batch.to(device)
@@ -201,7 +222,7 @@ def _train(config: TrainConfig, *, resume: bool, dist_info: DistInfo, device: st
                 scheduler.step()
                 step += 1
                 n = len(batch)
-                values = [float(losses[k].detach()) for k in ("total", "bce", "point")]
+                values = [float(losses[k].detach()) for k in ("total", "bce", "point", "presence")]
                 sums += torch.tensor([v * n for v in values] + [n], dtype=torch.float64)
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{values[0]:.4f}")
@@ -209,9 +230,10 @@ def _train(config: TrainConfig, *, resume: bool, dist_info: DistInfo, device: st
                     logger.log(step, {"train/loss_step": values[0], "train/lr": scheduler.get_last_lr()[0]})
             sums = all_reduce_sum(sums, dist_info)
             metrics = {
-                "loss": float(sums[0] / sums[3]),
-                "bce": float(sums[1] / sums[3]),
-                "point": float(sums[2] / sums[3]),
+                "loss": float(sums[0] / sums[4]),
+                "bce": float(sums[1] / sums[4]),
+                "point": float(sums[2] / sums[4]),
+                **({"presence": float(sums[3] / sums[4])} if head_cfg.presence else {}),
                 "lr": float(scheduler.get_last_lr()[0]),
             }
             history.append({"epoch": epoch, **metrics})

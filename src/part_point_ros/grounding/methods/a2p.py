@@ -9,9 +9,11 @@ it, so every point has 0 <= x <= W - 1 and 0 <= y <= H - 1. ``score`` for a head
 paper's BCE = mean over the k heads of sigmoid(q_s·K_v/√d_h) at the grid cell under the peak: the
 patch-level probability that L_bce trains, so 0.5 is a natural ``found`` threshold; for a head with a
 softmax patch term (``HeadConfig.patch_loss``) = the share of its attention within one cell of that
-cell (``score_rule``). The default ``found`` threshold is the head's own calibrated one when its
-config carries it (``calibrated_threshold``: written by ``python -m part_point_ros.training.calibration
---write-threshold`` from validation scenes), else 0.5.
+cell (``score_rule``); for a head with a presence output (``HeadConfig.presence``, heads/presence.py)
+= its probability that the target is in the image, times (for the further points) the near-share of
+the point's cell relative to the best one's. The default ``found`` threshold is the head's own
+calibrated one when its config carries it (``calibrated_threshold``: written by
+``python -m part_point_ros.training.calibration --write-threshold`` from validation scenes), else 0.5.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def decode_a2p(
     nms_radius: float = 4.0,
     rel_threshold: float = 0.5,
     score: str = "sigmoid",
+    presence: float | None = None,
 ) -> tuple[np.ndarray, list[tuple[float, float, float]]]:
     """One sample's head output -> (heatmap, points): THE a2p decoding, for ``PartPointer`` and for
     the evaluation from cached features alike.
@@ -58,7 +61,9 @@ def decode_a2p(
     the head): "sigmoid" = mean over the k heads of sigmoid(attn logit) at the (on-image) token-grid
     cell under the peak (what L_bce trains); "softmax_near" = mean over the k heads of the share of
     the head's softmax over the on-image cells that lies within one cell of that cell (3x3), for
-    heads trained with a softmax patch term, whose logits have no absolute level.
+    heads trained with a softmax patch term, whose logits have no absolute level; "presence" =
+    ``presence`` (the head's probability that the target is in the image) for the best point, times
+    min(1, its "softmax_near" value / the best point's) for the others.
     """
     logits = heatmap_logits.float()
     expected = (grid.rows * upscale, grid.cols * upscale)
@@ -68,16 +73,18 @@ def decode_a2p(
     masked = logits.masked_fill(~torch.from_numpy(valid).to(logits.device), float("-inf"))
     prob = masked.flatten().softmax(0).reshape(logits.shape).cpu().numpy()  # (s·rows·s·cols,) -> map
     on_cells = cells_on_image(grid)  # (rows, cols): the score's cell is one of these
+    if score == "presence" and presence is None:
+        raise ValueError("a2p score rule 'presence' needs the head's presence probability")
     if score == "sigmoid":
         patch_prob = attn_logits.float().sigmoid().mean(0).cpu().numpy()  # (k, P) -> (P,)
-    elif score == "softmax_near":
+    elif score in ("softmax_near", "presence"):
         on = torch.from_numpy(on_cells.reshape(-1)).to(attn_logits.device)  # (P,)
         share = attn_logits.float().masked_fill(~on, float("-inf")).softmax(-1)  # (k, P), on-image
         grid_share = share.mean(0).reshape(1, 1, grid.rows, grid.cols)  # (k, P) -> (1, 1, rows, cols)
         near = torch.nn.functional.avg_pool2d(grid_share, 3, stride=1, padding=1, count_include_pad=True) * 9
         patch_prob = near.reshape(-1).cpu().numpy()  # (P,): the 3x3 sum around each cell
     else:
-        raise ValueError(f"a2p score rule {score!r} is not one of sigmoid, softmax_near")
+        raise ValueError(f"a2p score rule {score!r} is not one of sigmoid, softmax_near, presence")
     on_rows, on_cols = np.flatnonzero(on_cells.any(1)), np.flatnonzero(on_cells.any(0))
     options = PeakOptions(subpixel, max_points, nms_radius, rel_threshold)
     peaks = find_peaks(prob, valid, options)
@@ -87,8 +94,13 @@ def decode_a2p(
         col = min(max(int((peak.col + 0.5) // upscale), int(on_cols[0])), int(on_cols[-1]))
         return float(patch_prob[row * grid.cols + col])  # row-major (rows, cols) -> (P,)
 
+    scores = [cell_score(p) for p in peaks]
+    if score == "presence":
+        best = scores[0] if scores and scores[0] > 0 else 1.0
+        scores = [float(presence) * min(1.0, s / best) for s in scores]
     points = [
-        (*clamp_into_image(grid, *grid.heatmap_to_pixel(p.row, p.col, upscale)), cell_score(p)) for p in peaks
+        (*clamp_into_image(grid, *grid.heatmap_to_pixel(p.row, p.col, upscale)), s)
+        for p, s in zip(peaks, scores, strict=True)
     ]
     return prob.astype(np.float32), points
 
@@ -105,9 +117,18 @@ def calibrated_threshold(extra: dict[str, Any] | None) -> float | None:
 
 
 def score_rule(config) -> str:
-    """The ``decode_a2p`` score of a head: "sigmoid" when its patch term is the paper's BCE alone,
-    else "softmax_near" (a softmax term leaves sigmoid(logit) uncalibrated: ~0.9 on every query)."""
+    """The ``decode_a2p`` score of a head: "presence" when it has a presence output, else "sigmoid"
+    when its patch term is the paper's BCE alone, else "softmax_near" (a softmax term leaves
+    sigmoid(logit) uncalibrated: ~0.9 on every query)."""
+    if getattr(config, "presence", False):
+        return "presence"
     return "sigmoid" if config.patch_loss == "bce" else "softmax_near"
+
+
+def presence_probability(output: Any, b: int) -> float | None:
+    """Sample ``b``'s probability that its target is in the image, from a head output; None
+    without a presence output."""
+    return None if output.presence is None else float(output.presence[b].float().sigmoid())
 
 
 class A2PMethod(PointingMethod):
@@ -132,7 +153,9 @@ class A2PMethod(PointingMethod):
         for group in groups:
             out = self.run_head([caps[i] for i in group])
             results += [
-                self._result(out.heatmap[b], out.attn_logits[b], caps[i].grid, queries[i])
+                self._result(
+                    out.heatmap[b], out.attn_logits[b], caps[i].grid, queries[i], presence_probability(out, b)
+                )
                 for b, i in enumerate(group)
             ]
         return results
@@ -152,7 +175,12 @@ class A2PMethod(PointingMethod):
         return self.head(queries, mask, keys, values, (grid.rows, grid.cols))
 
     def _result(
-        self, heatmap: torch.Tensor, attn_logits: torch.Tensor, grid: ImageGrid, query: str
+        self,
+        heatmap: torch.Tensor,
+        attn_logits: torch.Tensor,
+        grid: ImageGrid,
+        query: str,
+        presence: float | None = None,
     ) -> PointResult:
         upscale = self.head.config.upscale
         prob, points = decode_a2p(
@@ -165,6 +193,7 @@ class A2PMethod(PointingMethod):
             nms_radius=self.peaks.nms_radius,
             rel_threshold=self.peaks.rel_threshold,
             score=score_rule(self.head.config),
+            presence=presence,
         )
         x, y, score = points[0]
         return PointResult(
