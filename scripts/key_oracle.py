@@ -28,6 +28,8 @@ def load(cache: Path, limit: int):
         tensors = load_file(str(cache / chunk["tensors"]))
         for j, rec in enumerate(records):
             meta = rec["meta"]
+            if not meta.get("present", True):  # an absent query ("not here"): no part to point at
+                continue
             h, w = rec["mask_shape"]
             keys.append(tensors[f"{j}.keys"].float())
             targets.append(tensors[f"{j}.patch_target"].float())

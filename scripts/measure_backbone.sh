@@ -8,6 +8,8 @@
 # 2. localization heads on 300 train queries   6. A2P on test and on validation (which chose the config)
 # 3. head-training caches: train, val          7. attention and text pointing (live, test seeds)
 # 4. the model card (`backbone evaluate`)      8. the key oracle (scripts/key_oracle.py)
+# 9. the shipped head's found threshold on validation scenes (written into its config), then the
+#    "not here" / every-instance tables on test and twin scenes (docs/evaluation.md)
 #
 # Each step writes its own output and is skipped when that output exists, so the script resumes where
 # a session ended. Two jobs at a time, one thread each (the 2-core machine: ~35 minutes in all).
@@ -39,21 +41,30 @@ once "$B/heads.json" part-point select-heads --backbone "$B/ship" --data synthet
     --data-arg split=train --k 5 --max-samples 300 --out "$B/heads.json"
 K=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['k'])" "$B/heads.json")
 O=(backbone="$B/ship" heads="$B/heads.json" k="$K")
-both 'once "$S/cache/eval" part-point cache --config $CONFIG "${O[@]}" cache_dir="$S/cache" out_dir="$S"' \
+both 'once "$S/cache/eval/index.json" part-point cache --config $CONFIG "${O[@]}" cache_dir="$S/cache" out_dir="$S"' \
     'once "$B/report.json" part-point backbone evaluate --cache "$SCENES" --model "$B/ship" \
         --heads "$B/heads.json" --report "$B/report.json" --threads 1'
-both 'once "$S/valcache/eval" part-point cache --config $CONFIG --split eval "${O[@]}" cache_dir="$S/valcache" \
+both 'once "$S/valcache/eval/index.json" part-point cache --config $CONFIG --split eval "${O[@]}" cache_dir="$S/valcache" \
         out_dir="$S" eval_data.args.split=val' \
     'once "$S/eval_live/report.json" part-point eval --config $CONFIG --method attention,text \
         --out "$S/eval_live" "${O[@]}" out_dir="$S"'
 row() {  # row NAME OVERRIDES...: train a head from the cache, evaluate it on test and validation
     local name=$1; shift
-    once "$S/$name/head" part-point train --config $CONFIG "${O[@]}" cache_dir="$S/cache" out_dir="$S/$name" "$@"
+    local resume=(); [ -d "$S/$name/checkpoints" ] && resume=(--resume)  # a session ended mid-training
+    once "$S/$name/head" part-point train --config $CONFIG "${resume[@]}" "${O[@]}" cache_dir="$S/cache" \
+        out_dir="$S/$name" "$@"
     once "$S/$name/eval" part-point eval --config $CONFIG --method a2p --from-cache "${O[@]}" \
         cache_dir="$S/cache" out_dir="$S/$name" "$@"
     once "$S/$name/eval_val" part-point eval --config $CONFIG --method a2p --from-cache --out "$S/$name/eval_val" \
         "${O[@]}" cache_dir="$S/valcache" out_dir="$S/$name" "$@"
 }
-both 'row shipped' 'row paper head.patch_loss=bce head.supervision=sdf'
-once "$S/oracle.txt" sh -c "python3 scripts/key_oracle.py $S/cache/train $S/cache/eval --train 3000 > $S/oracle.txt"
-say "all done: $B/report.json, $S/{shipped,paper}/eval{,_val}, $S/eval_live, $S/oracle.txt"
+both 'row shipped' 'row paper head.patch_loss=bce head.supervision=sdf head.presence=false'
+once "$S/oracle.txt" sh -c "python3 scripts/key_oracle.py $S/cache/train $S/cache/eval --train 3000 \
+    > $S/oracle.txt.part && mv $S/oracle.txt.part $S/oracle.txt"
+M=(--backbone "$B/ship" --head "$S/shipped/head" --heads "$B/heads.json")
+once "$S/calibration_val.md" sh -c 'python3 -m part_point_ros.training.calibration --method a2p \
+    --seeds 100000:100040 --twin-seeds none --write-threshold "$@" > "$0.part" && mv "$0.part" "$0"' "$S/calibration_val.md" "${M[@]}"
+once "$S/calibration_test.md" sh -c 'python3 -m part_point_ros.training.calibration --method a2p,attention \
+    --seeds 200000:200040 --twin-seeds 1200000:1200040 "$@" > "$0.part" && mv "$0.part" "$0"' \
+    "$S/calibration_test.md" "${M[@]}"
+say "all done: $B/report.json, $S/{shipped,paper}/eval{,_val}, $S/eval_live, $S/oracle.txt, $S/calibration_*.md"

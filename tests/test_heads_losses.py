@@ -17,6 +17,7 @@ from part_point_ros.heads.losses import (
     gaussian_target,
     head_loss,
     innermost_point,
+    instance_gaussian_target,
     l2_heatmap_loss,
     patch_bce,
     patch_softmax_ce,
@@ -129,6 +130,32 @@ def test_innermost_point_and_gaussian_target():
     assert g.shape == rect.shape and g[4, 5] == pytest.approx(1.0)
     assert g[4, 7] == pytest.approx(math.exp(-4 / 8))  # two pixels away: exp(-d²/2σ²)
     assert not gaussian_target(np.zeros((3, 3), bool), 2.0).any()
+
+
+def test_instance_gaussian_target_puts_a_peak_on_each_piece_weighted_by_area():
+    m = np.zeros((20, 30), bool)
+    m[2:9, 2:9] = True  # 49 px, innermost (5, 5)
+    m[12:17, 20:25] = True  # 25 px, innermost (14, 22)
+    g = instance_gaussian_target(m, sigma=1.5)
+    assert g[5, 5] == pytest.approx(1.0) and g[14, 22] == pytest.approx(25 / 49)
+    peaks = {
+        tuple(map(int, np.unravel_index(np.argmax(np.where(mask, g, 0)), g.shape)))
+        for mask in (
+            np.pad(np.ones((10, 15), bool), ((0, 10), (0, 15))),
+            np.pad(np.ones((10, 15), bool), ((10, 0), (15, 0))),
+        )
+    }
+    assert peaks == {(5, 5), (14, 22)}
+    one = m.copy()
+    one[12:17, 20:25] = False
+    np.testing.assert_allclose(instance_gaussian_target(one, 1.5), gaussian_target(one, 1.5))  # one piece
+    assert not instance_gaussian_target(np.zeros((4, 4), bool), 1.5).any()
+    cfg = config(supervision="gaussian", gaussian_instances=True, gaussian_sigma=1.5)
+    np.testing.assert_allclose(build_heatmap_targets(m, cfg)["gaussian"], g)
+    np.testing.assert_allclose(
+        build_heatmap_targets(m, config(supervision="gaussian", gaussian_sigma=1.5))["gaussian"],
+        gaussian_target(m, 1.5),  # without the flag: one peak, at the innermost point of the union
+    )
 
 
 # ---------------------------------------------------------------- sdf_penalty

@@ -60,6 +60,9 @@ class HeadConfig:
     sdf_lambda: float = 0.001
     sdf_units: str = "heatmap_px"  # unverified: distances in heatmap pixels or grid cells
     gaussian_sigma: float = 2.0  # ablation "gaussian": sigma in heatmap pixels
+    # "gaussian" only, not the paper's: one peak per connected piece of the mask (one per instance of
+    # an ambiguous or plural query) instead of one at the union's innermost point (losses.py)
+    gaussian_instances: bool = False
     # Presence output (not the paper's; heads/presence.py): a logit "the target is in the image",
     # trained by BCE on present and absent queries, weight presence_weight; the a2p score then is
     # its probability (a2p.score_rule "presence")
@@ -89,7 +92,15 @@ class HeadConfig:
         _choice(self, "sdf_units", SDF_UNITS)
         _choice(self, "attn_scale", ATTN_SCALES)
         _choice(self, "patch_loss", PATCH_LOSSES)
-        for name in ("qsynth_prenorm", "qsynth_ffn", "use_values", "use_decoder", "presence"):
+        bools = (
+            "qsynth_prenorm",
+            "qsynth_ffn",
+            "use_values",
+            "use_decoder",
+            "presence",
+            "gaussian_instances",
+        )
+        for name in bools:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"HeadConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if self.d_head % self.qsynth_attn_heads:

@@ -87,6 +87,25 @@ def gaussian_target(mask: np.ndarray, sigma: float) -> np.ndarray:
     return np.exp(-d2 / (2.0 * sigma**2)).astype(np.float32)
 
 
+def instance_gaussian_target(mask: np.ndarray, sigma: float) -> np.ndarray:
+    """(H, W) float32: one Gaussian of peak w_i at the innermost point of each connected piece i of
+    the mask (8-connected), w_i = its area / the largest piece's area; all zeros for an empty mask.
+
+    For a query that names several instances ("the handle of the mug" with two mugs), the union mask
+    falls apart into one piece per instance, and the target asks for a peak on each, instead of one
+    at the innermost point of the largest (``gaussian_target``); a part cut in two by an occluder
+    gets a weaker second peak on its smaller piece."""
+    m = _union(mask)
+    labels, count = ndimage.label(m, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return np.zeros(m.shape, dtype=np.float32)
+    areas = ndimage.sum_labels(m, labels, index=np.arange(1, count + 1))
+    target = np.zeros(m.shape, dtype=np.float32)
+    for i, area in enumerate(areas, start=1):
+        target = np.maximum(target, gaussian_target(labels == i, sigma) * float(area / areas.max()))
+    return target
+
+
 def build_heatmap_targets(mask: np.ndarray, config: HeadConfig) -> dict[str, np.ndarray]:
     """Heatmap target of ``config.supervision`` for ONE mask already at heatmap resolution.
 
@@ -102,6 +121,8 @@ def build_heatmap_targets(mask: np.ndarray, config: HeadConfig) -> dict[str, np.
         return {"sdf": sdf}
     if config.supervision == "l2":
         return {"mask": m.astype(np.float32)}
+    if config.gaussian_instances:
+        return {"gaussian": instance_gaussian_target(m, config.gaussian_sigma)}
     return {"gaussian": gaussian_target(m, config.gaussian_sigma)}
 
 
