@@ -201,3 +201,50 @@ def test_presence_without_absent_queries_is_refused_with_the_fix(absent_config, 
     cache_splits(config, progress=False, splits=("train",))
     with pytest.raises(ConfigError, match="absent: true"):
         train(config)
+
+
+def test_presence_added_to_a_trained_head_leaves_its_points_unchanged(absent_config, tmp_path):
+    from part_point_ros.training.config import replace
+    from part_point_ros.training.trainer import train
+
+    plain_head = {"d_fused": 32, "n_blocks": 1, "norm_groups": 8}
+    plain = train(replace(absent_config, out_dir=str(tmp_path / "plain"), head=plain_head))
+    added = train(
+        replace(
+            absent_config,
+            out_dir=str(tmp_path / "added"),
+            head={**plain_head, "presence": True},
+            init_head=str(plain.head_dir),
+            train_only=["presence"],
+        )  # fmt: skip
+    )
+    before, after = (
+        PartPointHead.from_pretrained(plain.head_dir),
+        PartPointHead.from_pretrained(added.head_dir),
+    )
+    for name, value in before.state_dict().items():
+        assert torch.equal(after.state_dict()[name], value), name  # frozen: bit for bit
+    fresh = PartPointHead(after.config).state_dict()
+    assert any(
+        not torch.equal(fresh[n], v) for n, v in after.state_dict().items() if n.startswith("presence.")
+    )
+    cache = FeatureCache(absent_config.cache_path("train"))
+    old, new = predict_from_cache(before, cache), predict_from_cache(after, cache)
+    assert [(r.x, r.y) for r in old] == [(r.x, r.y) for r in new]  # the same points, a new score
+    assert [r.score for r in old] != [r.score for r in new]
+
+
+def test_init_head_and_train_only_mistakes_are_one_line(absent_config, tmp_path):
+    from part_point_ros.training.config import replace
+    from part_point_ros.training.trainer import train
+
+    other = PartPointHead(tiny_head_config(absent_config_head_dim(absent_config), heads=[[0, 0], [3, 3]]))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ConfigError, match="made for other features"):
+        train(replace(absent_config, out_dir=str(tmp_path / "a"), init_head=str(tmp_path / "other")))
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        train(replace(absent_config, out_dir=str(tmp_path / "b"), train_only=["decoder"]))
+
+
+def absent_config_head_dim(config) -> int:
+    return int(FeatureCache(config.cache_path("train")).backbone["head_dim"])

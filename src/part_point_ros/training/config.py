@@ -90,6 +90,11 @@ class TrainConfig:
     tensorboard: bool = True  # TensorBoard scalars in <out_dir>/tensorboard (metrics.jsonl always)
     progress: bool = True  # tqdm progress bar
     head: dict[str, Any] = field(default_factory=dict)  # HeadConfig overrides (defaults live there)
+    # start from a trained head's weights (its directory; modules it lacks, e.g. a presence output,
+    # start fresh) and train only the parameters whose names start with one of ``train_only``
+    # (e.g. [presence]: add "not here" to a head without changing where it points); [] = all
+    init_head: str = ""
+    train_only: list[str] = field(default_factory=list)
     # --- evaluation
     eval_methods: list[str] = field(default_factory=lambda: ["a2p"])
     eval_max_samples: int | None = None
@@ -125,6 +130,14 @@ class TrainConfig:
         reserved = sorted({"backbone", "heads", "d_head"} & set(self.head))
         if reserved:
             raise ConfigError(f"head.{reserved[0]} is set from the cache's manifest; remove it from 'head'")
+        if not isinstance(self.init_head, str):
+            raise ConfigError(f"init_head must be a head directory or empty, got {self.init_head!r}")
+        if not isinstance(self.train_only, list) or not all(
+            isinstance(x, str) and x for x in self.train_only
+        ):
+            raise ConfigError(
+                f"train_only must be a list of parameter-name prefixes, got {self.train_only!r}"
+            )
         for name in ("tensorboard", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")

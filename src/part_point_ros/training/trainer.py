@@ -125,6 +125,52 @@ def training_indices(cache: FeatureCache, head_cfg: HeadConfig) -> list[int]:
     return [i for i, record in enumerate(cache.records) if is_present(record["meta"])]
 
 
+def init_from_head(head: PartPointHead, directory: str | Path) -> list[str]:
+    """Copy a trained head's weights into ``head`` (same backbone shape, same localization heads);
+    returns the names of ``head``'s parameters it did not hold (they keep their fresh values).
+    Raises ``ConfigError`` naming what does not fit."""
+    source = PartPointHead.from_pretrained(directory)
+    mine, theirs = head.config, source.config
+    shape = [
+        key
+        for key in ("family", "num_layers", "num_heads", "head_dim")
+        if mine.backbone[key] != theirs.backbone[key]
+    ]
+    if shape or list(mine.heads) != list(theirs.heads):
+        what = f"backbone {shape}" if shape else f"heads {theirs.heads} != {mine.heads}"
+        raise ConfigError(
+            f"init_head {directory}: made for other features ({what}); use a head of this cache's backbone"
+        )
+    state, own = source.state_dict(), head.state_dict()
+    wrong = [name for name, t in state.items() if name not in own or own[name].shape != t.shape]
+    if wrong:
+        raise ConfigError(
+            f"init_head {directory}: {', '.join(wrong[:3])} do not fit this config's head (another "
+            "architecture: keep the head section of the config that trained it)"
+        )
+    head.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in state.items()}})
+    return sorted(set(own) - set(state))
+
+
+def select_trainable(head: PartPointHead, prefixes: list[str]) -> list[torch.nn.Parameter]:
+    """The parameters to optimise: all, or those whose names start with one of ``prefixes`` (the
+    rest are frozen: ``requires_grad`` False). Raises ``ConfigError`` when a prefix matches none."""
+    if not prefixes:
+        return list(head.parameters())
+    chosen = []
+    for name, param in head.named_parameters():
+        param.requires_grad_(any(name.startswith(prefix) for prefix in prefixes))
+        if param.requires_grad:
+            chosen.append(param)
+    unused = [p for p in prefixes if not any(n.startswith(p) for n, _ in head.named_parameters())]
+    if unused or not chosen:
+        names = sorted({n.split(".")[0] for n, _ in head.named_parameters()})
+        raise ConfigError(
+            f"train_only {unused or prefixes} matches no parameter of the head; its modules: {names}"
+        )
+    return chosen
+
+
 def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     """Train a head on ``<cache_dir>/train``; write checkpoints and ``<out_dir>/head``."""
     dist_info, device = init_distributed(config.resolved_device())
@@ -152,6 +198,9 @@ def _train(config: TrainConfig, *, resume: bool, dist_info: DistInfo, device: st
 
     torch.manual_seed(config.seed)
     head = PartPointHead(head_cfg).to(device)
+    if config.init_head:
+        init_from_head(head, config.init_head)
+    trainable = select_trainable(head, config.train_only)
     indices = training_indices(cache, head_cfg)
     if not indices:
         raise ConfigError(f"{cache.root}: no sample has its target in the image; nothing to train on")
@@ -174,7 +223,7 @@ def _train(config: TrainConfig, *, resume: bool, dist_info: DistInfo, device: st
         num_workers=config.num_workers,
     )
     optimizer = torch.optim.AdamW(
-        head.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
     total_steps = config.epochs * len(sampler)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
