@@ -221,7 +221,7 @@ def test_command_on_the_shipped_models(tmp_path: Path, capsys):
     from part_point_ros.training.calibration import SHIPPED_HEAD, shipped_model
 
     calibrated = default_threshold("a2p", shipped_model(SHIPPED_HEAD))  # the shipped head carries one
-    assert 0.0 < calibrated < 1.0 and calibrated != 0.5, calibrated  # chosen on validation (docs/evaluation.md)
+    assert 0.0 < calibrated < 1.0 and calibrated != 0.5, calibrated  # chosen on validation scenes
     assert f"### a2p (default threshold {calibrated:g})" in text
     assert "### attention (default threshold 0)" in text
     report = json.loads(out.read_text())
