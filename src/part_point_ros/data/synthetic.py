@@ -241,11 +241,7 @@ def load_synthetic(root: str | Path, split: str = "train", absent: bool = False)
                 skipped["queries whose parts are not visible"] += 1
                 continue
             refs = [parts[pid] for pid in q["part_ids"]]
-            info = {
-                "dataset": "synthetic",
-                "split": split,
-                "scene_seed": meta["seed"],
-                "scene_dir": str(scene_dir),
+            fields = {
                 "category": q["object"],
                 "object": q["object"],
                 "part": q["part"],
@@ -258,34 +254,42 @@ def load_synthetic(root: str | Path, split: str = "train", absent: bool = False)
                 "gt_points_3d_camera": [
                     p["point_3d_camera"] for p in refs if p["point_3d_camera"] is not None
                 ],
-                "intrinsics": dict(meta["intrinsics"]),
-                "camera_pose": meta["camera_pose"],
-                "depth_path": str(scene_dir / meta["files"]["depth_mm"]),
             }
-            samples.append(
-                Sample(
-                    sample_id=f"synthetic/{split}/{scene_dir.name}/{qi:03d}",
-                    image_path=rgb_path,
-                    query=q["text"],
-                    load_image=_image_loader(rgb_path),
-                    load_mask=_mask_loader(parts_path, q["part_ids"]),
-                    meta=info,
-                )
-            )
+            where = (meta, split, scene_dir, rgb_path, parts_path)
+            samples.append(_scene_sample(*where, f"{qi:03d}", q["text"], q["part_ids"], fields))
         if absent:
             samples += _absent_samples(meta, split, scene_dir, rgb_path, parts_path)
     return PartDataset(name=f"synthetic/{split}", samples=samples, skipped=skipped, source=str(split_dir))
+
+
+def _scene_sample(meta, split, scene_dir, rgb_path, parts_path, name, text, part_ids, fields) -> Sample:
+    """One query of a scene as a ``Sample``: id ``synthetic/<split>/<scene>/<name>``, the mask of
+    ``part_ids`` (their union; none: all False), meta = the scene's fields + the query's ``fields``."""
+    info = {
+        "dataset": "synthetic",
+        "split": split,
+        "scene_seed": meta["seed"],
+        "scene_dir": str(scene_dir),
+        **fields,
+        "intrinsics": dict(meta["intrinsics"]),
+        "camera_pose": meta["camera_pose"],
+        "depth_path": str(scene_dir / meta["files"]["depth_mm"]),
+    }
+    return Sample(
+        sample_id=f"synthetic/{split}/{scene_dir.name}/{name}",
+        image_path=rgb_path,
+        query=text,
+        load_image=_image_loader(rgb_path),
+        load_mask=_mask_loader(parts_path, list(part_ids)),
+        meta=info,
+    )
 
 
 def _absent_samples(meta: dict[str, Any], split: str, scene_dir: Path, rgb_path: Path, parts_path: Path):
     """Samples of the scene's absent queries: ids ``.../a00``, ``.../a01``, ..., an empty mask."""
     samples = []
     for ai, q in enumerate(_absent_queries(meta)):
-        info = {
-            "dataset": "synthetic",
-            "split": split,
-            "scene_seed": meta["seed"],
-            "scene_dir": str(scene_dir),
+        fields = {
             "category": q.object_type,
             "object": q.object_type,
             "part": q.part,
@@ -297,18 +301,7 @@ def _absent_samples(meta: dict[str, Any], split: str, scene_dir: Path, rgb_path:
             "gt_points_2d": [],
             "gt_points_3d": [],
             "gt_points_3d_camera": [],
-            "intrinsics": dict(meta["intrinsics"]),
-            "camera_pose": meta["camera_pose"],
-            "depth_path": str(scene_dir / meta["files"]["depth_mm"]),
         }
-        samples.append(
-            Sample(
-                sample_id=f"synthetic/{split}/{scene_dir.name}/a{ai:02d}",
-                image_path=rgb_path,
-                query=q.text,
-                load_image=_image_loader(rgb_path),
-                load_mask=_mask_loader(parts_path, []),  # np.isin(ids, []): all False, the image's size
-                meta=info,
-            )
-        )
+        where = (meta, split, scene_dir, rgb_path, parts_path)
+        samples.append(_scene_sample(*where, f"a{ai:02d}", q.text, (), fields))  # np.isin(ids, []): no pixel
     return samples
