@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(_config(args), resume=args.resume)
     if result.history:
         last = result.history[-1]
-        losses = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "bce", "point"))
+        losses = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss", "bce", "point", "presence") if k in last)
         print(f"epoch {last['epoch']}: {losses}")
     print(f"head: {result.head_dir}")
     return 0
