@@ -120,7 +120,7 @@ def score_rule(config) -> str:
     """The ``decode_a2p`` score of a head: "presence" when it has a presence output, else "sigmoid"
     when its patch term is the paper's BCE alone, else "softmax_near" (a softmax term leaves
     sigmoid(logit) uncalibrated: ~0.9 on every query)."""
-    if getattr(config, "presence", False):
+    if config.presence:
         return "presence"
     return "sigmoid" if config.patch_loss == "bce" else "softmax_near"
 
