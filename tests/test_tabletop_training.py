@@ -166,6 +166,34 @@ def test_init_from_carries_weights_and_token_rows_by_word(tmp_path):
             assert torch.equal(tensor, old[name]), name
 
 
+def test_tower_from_takes_the_tower_of_one_model_and_the_rest_of_another(tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    from part_point_ros.backbones.tiny import build_tiny_llava
+
+    words = ["what", "colour", "mug"]
+    lm_dir = build_tiny_llava(tmp_path / "lm", seed=5, vocab_words=words, **SMALL)
+    tower_dir = build_tiny_llava(tmp_path / "tower", seed=6, vocab_words=words, **SMALL)
+    new_dir = build_initial(
+        tmp_path / "new", 0, vocabulary(), init_from=str(lm_dir), tower_from=str(tower_dir)
+    )
+    new = LlavaForConditionalGeneration.from_pretrained(new_dir).state_dict()
+    lm = LlavaForConditionalGeneration.from_pretrained(lm_dir).state_dict()
+    tower = LlavaForConditionalGeneration.from_pretrained(tower_dir).state_dict()
+    tower_names = [n for n in new if n.startswith("model.vision_tower.")]
+    assert any(not torch.equal(tower[n], lm[n]) for n in tower_names)  # the seeds differ
+    for name in tower_names:
+        assert torch.equal(new[name], tower[name]), name
+    for name in (
+        "model.multi_modal_projector.linear_1.weight",
+        "model.language_model.layers.0.self_attn.k_proj.weight",
+    ):
+        assert torch.equal(new[name], lm[name]), name
+    other = build_tiny_llava(tmp_path / "other", seed=6, vocab_words=words, **{**SMALL, "image_size": 64})
+    with pytest.raises(ValueError, match="--tower-from"):
+        build_initial(tmp_path / "bad", 0, vocabulary(), init_from=str(lm_dir), tower_from=str(other))
+
+
 def test_resample_positions_keeps_the_class_row_and_rejects_non_grids():
     table = torch.randn(1 + 14 * 14, 8)
     out = resample_positions(table, 1 + 20 * 20)

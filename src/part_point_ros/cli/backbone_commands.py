@@ -59,6 +59,11 @@ def register(subparsers: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
         "language", "language model: part questions + object pointing, tower frozen", 1500, 5e-4, 8
     )
     language.add_argument("--others", type=int, default=5, help="non-colour questions per image and step")
+    language.add_argument(
+        "--tower-from",
+        help="take the vision tower from this model directory (e.g. a newer vision stage's <run>/vision), "
+        "everything else from --init-from",
+    )
 
     ship = stages.add_parser("ship", help="save a run's model in fp16 (from_pretrained directory)")
     ship.add_argument("--run", type=Path, required=True, help="a language-stage run")
@@ -100,7 +105,8 @@ def cmd_backbone(args: argparse.Namespace) -> int:
     elif args.stage == "language":
         from part_point_ros.tabletop.language import LanguageOptions, train_language
 
-        train_language(LanguageOptions(**_stage_options(args), others=args.others), vocabulary())
+        options = LanguageOptions(**_stage_options(args), others=args.others, tower_from=args.tower_from)
+        train_language(options, vocabulary())
     elif args.stage == "ship":
         from part_point_ros.tabletop.language import ship_run
 

@@ -35,6 +35,7 @@ class LanguageOptions(StageOptions):
     batch: int = 8
     lr: float = 5e-4
     others: int = 5  # non-colour questions per image and step
+    tower_from: str | None = None  # a model directory whose vision tower replaces init_from's
 
 
 class Packer:
@@ -184,7 +185,9 @@ def answer_accuracy(model, packer, prefix, pixels, scene_set, batch_images: int 
 
 def train_language(opts: LanguageOptions, words) -> None:
     """Run (or resume) the language stage from ``opts.init_from`` (the vision stage's model), its
-    vocabulary grown to ``words`` (every weight and known word's row carried over, ``build_initial``)."""
+    vocabulary grown to ``words`` (every weight and known word's row carried over, ``build_initial``);
+    with ``opts.tower_from``, the tower of that model directory instead of ``init_from``'s (a trained
+    language model goes on over a retrained tower)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from part_point_ros.tabletop.model import build_initial, pixel_tensor
@@ -195,7 +198,7 @@ def train_language(opts: LanguageOptions, words) -> None:
     run.mkdir(parents=True, exist_ok=True)
     init = run / "init"
     if not (init / "config.json").exists():
-        build_initial(init, opts.seed, words, opts.init_from)  # the run's fixed architecture
+        build_initial(init, opts.seed, words, opts.init_from, tower_from=opts.tower_from)  # fixed from here
     model = LlavaForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(init)
     packer = Packer(processor)

@@ -46,13 +46,20 @@ def resample_positions(table: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def build_initial(
-    out: Path, seed: int, words, init_from: str | None = None, image_size: int | None = None
+    out: Path,
+    seed: int,
+    words,
+    init_from: str | None = None,
+    image_size: int | None = None,
+    tower_from: str | None = None,
 ) -> Path:
     """A fresh model knowing ``words``; with ``init_from`` (a trained model directory of the same
     architecture), every weight is copied from it, token rows matched by their word (words it did not
     know keep their fresh random rows), so training goes on with a grown vocabulary. ``image_size``
     (default: ``init_from``'s, else ``MODEL_CONFIG``'s) may differ from ``init_from``'s: the vision
-    tower's position embeddings are then resampled to the new patch grid (bicubic)."""
+    tower's position embeddings are then resampled to the new patch grid (bicubic). ``tower_from``
+    (a model directory of the same architecture and image size): its vision tower replaces
+    ``init_from``'s, so a language model trained on one tower goes on with a retrained one."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     from part_point_ros.backbones.tiny import build_tiny_llava
@@ -84,10 +91,38 @@ def build_initial(
             raise ValueError(
                 f"--init-from {init_from}: {name} has shape {tuple(old.shape)}, not {tuple(new.shape)}"
             )
+    if tower_from is not None:
+        replace_tower(state, tower_from)
     model.load_state_dict(state)
     model.save_pretrained(path)
-    log(f"initialised from {init_from}: {len(rows)} of {len(new_vocab)} token rows carried over")
+    log(f"initialised from {init_from}: {len(rows)} of {len(new_vocab)} token rows carried over"
+        + (f"; vision tower from {tower_from}" if tower_from else ""))  # fmt: skip
     return path
+
+
+TOWER_PREFIX = "model.vision_tower."
+
+
+def replace_tower(state: dict[str, torch.Tensor], tower_from: str) -> None:
+    """Copy every vision-tower weight of the model directory ``tower_from`` into ``state`` (in
+    place); a missing or differently shaped weight is an error (not the same tower)."""
+    from transformers import LlavaForConditionalGeneration
+
+    tower = {
+        name: weight
+        for name, weight in LlavaForConditionalGeneration.from_pretrained(tower_from, dtype=torch.float32)
+        .state_dict()
+        .items()
+        if name.startswith(TOWER_PREFIX)
+    }
+    names = [name for name in state if name.startswith(TOWER_PREFIX)]
+    if not names:
+        raise ValueError(f"no weight starts with {TOWER_PREFIX!r}: not a LLaVA state dict")
+    for name in names:
+        if name not in tower or tower[name].shape != state[name].shape:
+            found = "missing" if name not in tower else f"shape {tuple(tower[name].shape)}"
+            raise ValueError(f"--tower-from {tower_from}: {name} is {found}, not {tuple(state[name].shape)}")
+        state[name].copy_(tower[name])
 
 
 def pixel_tensor(processor, rgb) -> torch.Tensor:
