@@ -11,6 +11,7 @@ import pytest
 from part_point_ros.sim.catalog import OBJECT_TYPES, PALETTE, object_part_pairs
 from part_point_ros.sim.vqa import (
     FORBIDDEN_WORDS,
+    QUERY_WORDS_ALLOWED,
     QUESTION_KINDS,
     SPLIT_SEEDS,
     ObjectFact,
@@ -123,9 +124,36 @@ def test_deterministic_words_known_and_no_location_talk(rendered):
             assert set(tokens) <= words, q.question
             assert q.answer in answers and " " not in q.answer
             assert q.kind in QUESTION_KINDS
+            allowed = QUERY_WORDS_ALLOWED if q.kind == "query_colour" else ()
+            assert not any(w in q.question for w in FORBIDDEN_WORDS if w not in allowed), q.question
+            assert not any(w in q.answer for w in FORBIDDEN_WORDS), q.answer
             text = f"{q.question} {q.answer}"
-            assert not any(w in text for w in FORBIDDEN_WORDS), text
             assert not re.search(r"\d", text), text
+
+
+def test_query_colour_asks_the_worlds_own_queries_for_the_named_part():
+    from part_point_ros.sim.catalog import OBJECT_TYPES, object_phrase
+
+    facts = _facts(11, [("mug", 40.0, "pink"), ("mug", 160.0, "blue"), ("knife", 250.0, "yellow")])
+    items = make_questions(facts)
+    part_colour = [q for q in items if q.kind == "part_colour"]
+    queried = [q for q in items if q.kind == "query_colour"]
+    parts = {p.part_id: p for p in facts.parts}
+    objects = {o.object_id: o for o in facts.objects}
+    assert {q.part_ids for q in queried} == {q.part_ids for q in part_colour}  # the same parts, no more
+    for q in queried:
+        (pid,) = q.part_ids
+        p = parts[pid]
+        assert q.answer == p.colour
+        colour = objects[p.object_id].colour if p.object_type == "mug" else None  # the mugs are twins
+        phrase = object_phrase(p.object_type, colour)
+        templates = [t.format(obj=phrase) for t in OBJECT_TYPES[p.object_type].reasoning.get(p.part, ())]
+        direct = (f"the {p.part} of {phrase}", f"{phrase}'s {p.part}")
+        assert q.question in (*direct, *templates), q.question
+    for pid in {q.part_ids for q in part_colour}:
+        kinds = [q.question.endswith("?") for q in queried if q.part_ids == pid]
+        has_templates = bool(OBJECT_TYPES[parts[pid[0]].object_type].reasoning.get(parts[pid[0]].part))
+        assert kinds == [False, True] if has_templates else kinds == [False]
 
 
 def test_reverse_lookups_only_for_colours_one_part_has():

@@ -50,7 +50,8 @@ def min_query_pixels(width: int, height: int) -> int:
     return math.ceil(MIN_QUERY_FRACTION * width * height)
 
 
-def _direct_text(rng: np.random.Generator, object_type: str, part: str, colour: str | None) -> str:
+def direct_text(rng: np.random.Generator, object_type: str, part: str, colour: str | None) -> str:
+    """A direct query's words: "the handle of the (red) mug" or "the (red) mug's handle", 50/50."""
     obj = object_phrase(object_type, colour)
     if rng.random() < 0.5:
         return f"the {part} of {obj}"
@@ -73,7 +74,7 @@ def _queries_for(
         colour=colour,
         ambiguous=ambiguous,
     )
-    out = [Query(text=_direct_text(rng, object_type, part, colour), kind="direct", **common)]
+    out = [Query(text=direct_text(rng, object_type, part, colour), kind="direct", **common)]
     templates = OBJECT_TYPES[object_type].reasoning.get(part, ())
     if templates:
         template = str(rng.choice(templates))
@@ -153,7 +154,7 @@ def make_absent_queries(
         if templates and rng.random() < ABSENT_REASONING_PROBABILITY:
             text = str(rng.choice(templates)).format(obj=object_phrase(object_type, colour))
         else:
-            text = _direct_text(rng, object_type, part, colour)
+            text = direct_text(rng, object_type, part, colour)
         queries.append(Query(text, "absent_object", object_type, part, (), (), colour, False))
     seen = {p.object_id for p in parts if p.pixel_count >= min_pixels}
     for object_type in present:
@@ -161,7 +162,7 @@ def make_absent_queries(
         if not seen.intersection(instances):
             continue
         part = str(rng.choice(ABSENT_PARTS[object_type]))
-        text = _direct_text(rng, object_type, part, None)
+        text = direct_text(rng, object_type, part, None)
         queries.append(Query(text, "absent_part", object_type, part, (), instances, None, False))
     return queries
 

@@ -20,6 +20,14 @@ Question kinds (every answer is one word):
 - ``colour_part``: "which part is red?" -> "handle", and ``colour_object``: "which object has a red
   part?" -> "mug", for colours that exactly one visible part of the scene has: the reverse lookup,
   which makes the image features of a part say what part (and what object) they belong to.
+- ``query_colour``: a pointing query exactly as the synthetic world writes it (``sim.queries``: "the
+  handle of the mug", "the red mug's handle", "where would you grab the mug?") -> the colour of the
+  part it refers to: one direct and (where the catalog has templates) one reasoning phrasing per
+  part asked by ``part_colour``. The stand-in for referring-expression data in instruction tuning
+  (LLaVA-1.5's RefCOCO region descriptions): the model resolves the words a user points with to
+  their referent in the image, at the prompt's last token, whose attention the pointing methods
+  read. Its answer is a colour, never a place, so "where" may appear in its questions (a robot
+  user's "where would you grab ...?"), never in an answer.
 
 Everything is deterministic in the scene seed. Seed ranges of the splits (disjoint, as
 docs/synthetic_world.md suggests): train ``0:100000``, val ``100000:200000``, test ``200000:``.
@@ -33,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from part_point_ros.sim.catalog import OBJECT_TYPES, PALETTE
+from part_point_ros.sim.catalog import OBJECT_TYPES, PALETTE, object_phrase
 from part_point_ros.sim.ground_truth import innermost_pixel
+from part_point_ros.sim.queries import direct_text
 
 SPLIT_SEEDS: dict[str, tuple[int, int]] = {
     "train": (0, 100_000),
@@ -51,6 +60,7 @@ QUESTION_KINDS: tuple[str, ...] = (
     "side",
     "colour_part",
     "colour_object",
+    "query_colour",
 )
 BIGGEST_MARGIN = 1.3  # "the biggest part" is asked when it has this many times the pixels of the next
 COLOUR_EXISTS_PER_ANSWER = 2  # "is there anything red?": this many yes and as many no per scene
@@ -59,6 +69,7 @@ SIDE_MARGIN = 0.1  # "which side": the object's centroid is this far (share of t
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five")  # the world has 2-5 objects
 PLURALS: dict[str, str] = {t: t if t.endswith("s") else t + "s" for t in OBJECT_TYPES} | {"knife": "knives"}
 FORBIDDEN_WORDS: tuple[str, ...] = ("point", "mask", "pixel", "box", "coordinate", "where")
+QUERY_WORDS_ALLOWED: tuple[str, ...] = ("where",)  # in ``query_colour`` questions only (module doc)
 
 
 @dataclass(frozen=True)
@@ -248,6 +259,9 @@ def make_questions(facts: SceneFacts) -> list[VqaItem]:
                     )
                 )
 
+    twin_types = {t for t, instances in by_type.items() if len(instances) > 1}
+    items += query_colour_items(facts, [q for q in items if q.kind == "part_colour"], twin_types)
+
     by_size = sorted((p for p in facts.parts if visible[p.object_id]), key=lambda p: -p.pixel_count)
     if len(by_size) > 1 and by_size[0].pixel_count >= BIGGEST_MARGIN * by_size[1].pixel_count:
         big = by_size[0]
@@ -316,6 +330,27 @@ def make_questions(facts: SceneFacts) -> list[VqaItem]:
                 (p.part_id,),
             )
         )
+    return items
+
+
+def query_colour_items(facts: SceneFacts, part_colour: list[VqaItem], twin_types: set[str]) -> list[VqaItem]:
+    """``query_colour`` items for the parts ``part_colour`` asks about: the world's direct phrasing and
+    one of its reasoning templates for each, the object named by its colour when its type is one of
+    ``twin_types`` (seen more than once, as the part-colour question names it). Their own random
+    stream, so the other kinds stay as they were."""
+    rng = np.random.default_rng([facts.seed, 8])
+    parts = {p.part_id: p for p in facts.parts}
+    objects = {o.object_id: o for o in facts.objects}
+    items = []
+    for q in part_colour:
+        (pid,) = q.part_ids
+        p = parts[pid]
+        colour = objects[p.object_id].colour if p.object_type in twin_types else None
+        texts = [direct_text(rng, p.object_type, p.part, colour)]
+        templates = OBJECT_TYPES[p.object_type].reasoning.get(p.part, ())
+        if templates:
+            texts.append(str(rng.choice(templates)).format(obj=object_phrase(p.object_type, colour)))
+        items += [VqaItem(t, p.colour, "query_colour", p.object_type, p.part, (pid,)) for t in texts]
     return items
 
 
