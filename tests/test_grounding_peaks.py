@@ -69,7 +69,19 @@ def test_nms_finds_separated_blobs_in_order_and_suppresses_neighbours():
     assert [p.value for p in peaks] == [1.0, 0.8, 0.5]
     assert len(nms_peaks(values, radius=4.0, max_points=2)) == 2
     assert [(p.row, p.col) for p in nms_peaks(values, radius=4.0, min_value=0.6)] == [(3, 4), (15, 15)]
-    assert len(nms_peaks(values, radius=0.5)) == 4  # radius below one cell: the neighbour survives
+    assert len(nms_peaks(values, radius=0.5)) == 3  # radius below one cell: (3, 5) is no local maximum
+    assert len(nms_peaks(values, radius=0.5, local_max=False)) == 4  # plain NMS: the neighbour survives
+
+
+def test_nms_takes_no_shoulder_of_a_blob_wider_than_its_radius():
+    rows, cols = np.mgrid[0:40, 0:40]
+    blob = np.exp(-(((cols - 20) / 10.0) ** 2) - ((rows - 20) / 2.0) ** 2)  # one wide peak at (20, 20)
+    second = 0.7 * np.exp(-((cols - 5) ** 2 + (rows - 32) ** 2) / 2.0)  # a separate one at (32, 5)
+    values = blob + second
+    plain = nms_peaks(values, radius=4.0, max_points=5, min_value=0.5, local_max=False)
+    assert len(plain) > 2 and all(abs(p.row - 20) <= 2 for p in plain[1:3])  # shoulders of the blob
+    peaks = nms_peaks(values, radius=4.0, max_points=5, min_value=0.5)
+    assert [(p.row, p.col) for p in peaks] == [(20.0, 20.0), (32.0, 5.0)]
 
 
 def test_gaussian_smooth_7x7_sigma1():

@@ -116,6 +116,14 @@ def refine_peak(
     return Peak(peak.row + d_row, peak.col + d_col, peak.value)
 
 
+def _neighbourhood_max(values: np.ndarray) -> np.ndarray:
+    """The maximum over each cell's 3x3 neighbourhood (the border padded with -inf)."""
+    padded = np.pad(values, 1, constant_values=-np.inf)
+    rows, cols = values.shape
+    windows = [padded[i : i + rows, j : j + cols] for i in range(3) for j in range(3)]
+    return np.max(windows, axis=0)
+
+
 def nms_peaks(
     values: np.ndarray,
     *,
@@ -125,10 +133,13 @@ def nms_peaks(
     subpixel: bool = False,
     eps: float = 1e-6,
     valid: np.ndarray | None = None,
+    local_max: bool = True,
 ) -> list[Peak]:
     """LENS S1.1 NMS: take the highest cell, suppress everything within Euclidean ``radius`` cells,
     repeat until no value exceeds ``min_value`` or ``max_points`` are taken. Highest first.
-    Only cells in ``valid`` (default: all) are taken.
+    Only cells in ``valid`` (default: all) are taken; with ``local_max`` (default), only cells that
+    are >= each of their 8 neighbours: a broad blob wider than the radius would otherwise give its
+    shoulders as further "peaks" (one mug handle answered as three instances).
 
     Sub-pixel refinement (if asked) uses the ORIGINAL map, not the suppressed one.
     """
@@ -136,6 +147,8 @@ def nms_peaks(
     if max_points < 1:
         raise ValueError(f"max_points must be >= 1, got {max_points}")
     work = np.where(np.isnan(arr), -np.inf, arr)
+    if local_max:
+        work = np.where(work >= _neighbourhood_max(work), work, -np.inf)
     rows, cols = np.mgrid[0 : arr.shape[0], 0 : arr.shape[1]]
     peaks: list[Peak] = []
     while len(peaks) < max_points:
