@@ -192,6 +192,8 @@ def test_tower_from_takes_the_tower_of_one_model_and_the_rest_of_another(tmp_pat
     other = build_tiny_llava(tmp_path / "other", seed=6, vocab_words=words, **{**SMALL, "image_size": 64})
     with pytest.raises(ValueError, match="--tower-from"):
         build_initial(tmp_path / "bad", 0, vocabulary(), init_from=str(lm_dir), tower_from=str(other))
+    with pytest.raises(ValueError, match="give --init-from"):
+        build_initial(tmp_path / "alone", 0, vocabulary(), tower_from=str(tower_dir))
 
 
 def test_resample_positions_keeps_the_class_row_and_rejects_non_grids():

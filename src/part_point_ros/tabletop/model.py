@@ -64,6 +64,8 @@ def build_initial(
 
     from part_point_ros.backbones.tiny import build_tiny_llava
 
+    if tower_from is not None and init_from is None:
+        raise ValueError("--tower-from replaces the tower of --init-from's model: give --init-from too")
     if image_size is None and init_from is not None:
         image_size = model_image_size(init_from)
     config = {**MODEL_CONFIG, **({"image_size": image_size} if image_size else {})}
