@@ -12,7 +12,6 @@ counted apart.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 
 import numpy as np
@@ -29,7 +28,7 @@ FORMS = {
 def main() -> None:
     from part_point_ros.backbones.registry import load_backbone
     from part_point_ros.data.synthetic import load_synthetic
-    from part_point_ros.types import HeadRef
+    from part_point_ros.grounding.localization_heads import load_heads
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/tiny-tabletop-llava")
@@ -39,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     adapter = load_backbone(args.model)
-    heads = [HeadRef(layer, head) for layer, head, *_ in json.load(open(args.heads))["heads"]]
+    heads = [ref for ref, _ in load_heads(args.heads).heads]
     samples = load_synthetic(args.data, "test").samples
     scenes = sorted({s.meta["scene_dir"] for s in samples})[: args.scenes]
     hits: dict[str, dict[str, list[bool]]] = {form: defaultdict(list) for form in FORMS}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -116,14 +117,6 @@ def refine_peak(
     return Peak(peak.row + d_row, peak.col + d_col, peak.value)
 
 
-def _neighbourhood_max(values: np.ndarray) -> np.ndarray:
-    """The maximum over each cell's 3x3 neighbourhood (the border padded with -inf)."""
-    padded = np.pad(values, 1, constant_values=-np.inf)
-    rows, cols = values.shape
-    windows = [padded[i : i + rows, j : j + cols] for i in range(3) for j in range(3)]
-    return np.max(windows, axis=0)
-
-
 def nms_peaks(
     values: np.ndarray,
     *,
@@ -148,7 +141,8 @@ def nms_peaks(
         raise ValueError(f"max_points must be >= 1, got {max_points}")
     work = np.where(np.isnan(arr), -np.inf, arr)
     if local_max:
-        work = np.where(work >= _neighbourhood_max(work), work, -np.inf)
+        neighbourhood = ndimage.maximum_filter(work, size=3, mode="constant", cval=-np.inf)
+        work = np.where(work >= neighbourhood, work, -np.inf)
     rows, cols = np.mgrid[0 : arr.shape[0], 0 : arr.shape[1]]
     peaks: list[Peak] = []
     while len(peaks) < max_points:
