@@ -11,6 +11,7 @@ import pytest
 from part_point_ros.sim.catalog import OBJECT_TYPES, PALETTE, object_part_pairs
 from part_point_ros.sim.vqa import (
     FORBIDDEN_WORDS,
+    NONE_ANSWER,
     QUERY_WORDS_ALLOWED,
     QUESTION_KINDS,
     SPLIT_SEEDS,
@@ -124,7 +125,7 @@ def test_deterministic_words_known_and_no_location_talk(rendered):
             assert set(tokens) <= words, q.question
             assert q.answer in answers and " " not in q.answer
             assert q.kind in QUESTION_KINDS
-            allowed = QUERY_WORDS_ALLOWED if q.kind == "query_colour" else ()
+            allowed = QUERY_WORDS_ALLOWED if q.kind.startswith("query_") else ()
             assert not any(w in q.question for w in FORBIDDEN_WORDS if w not in allowed), q.question
             assert not any(w in q.answer for w in FORBIDDEN_WORDS), q.answer
             text = f"{q.question} {q.answer}"
@@ -154,6 +155,26 @@ def test_query_colour_asks_the_worlds_own_queries_for_the_named_part():
         kinds = [q.question.endswith("?") for q in queried if q.part_ids == pid]
         has_templates = bool(OBJECT_TYPES[parts[pid[0]].object_type].reasoning.get(parts[pid[0]].part))
         assert kinds == [False, True] if has_templates else kinds == [False]
+
+
+def test_query_absent_asks_what_the_scene_lacks_and_the_answer_is_none(rendered):
+    """The absent queries of a scene are exactly the ones the calibration asks of it (the same texts),
+    each about a type not in the scene or a part its type lacks, answered "none"; present-part
+    queries are never answered "none"."""
+    from part_point_ros.sim.catalog import ABSENT_PARTS
+    from part_point_ros.sim.queries import absent_queries
+
+    for scene in rendered:
+        items = scene_questions(scene)
+        absent = [q for q in items if q.kind == "query_absent"]
+        assert [q.question for q in absent] == [q.text for q in absent_queries(scene)]
+        present = {o.object_type for o in scene.objects}
+        kinds = Counter(q.object_type in present for q in absent)
+        assert kinds[False] >= 1 and kinds[True] >= 1  # an absent object and an absent part per scene
+        for q in absent:
+            assert q.answer == NONE_ANSWER and not q.part_ids
+            assert q.object_type not in present or q.part in ABSENT_PARTS[q.object_type], q.question
+        assert all(q.answer != NONE_ANSWER for q in items if q.kind != "query_absent")
 
 
 def test_reverse_lookups_only_for_colours_one_part_has():

@@ -28,6 +28,14 @@ Question kinds (every answer is one word):
   their referent in the image, at the prompt's last token, whose attention the pointing methods
   read. Its answer is a colour, never a place, so "where" may appear in its questions (a robot
   user's "where would you grab ...?"), never in an answer.
+- ``query_absent``: a pointing query about what the scene does not hold, exactly as the synthetic
+  world's absent queries are written (``sim.queries.make_absent_queries``: a type not on the table,
+  "the spout of the teapot"; a part a type on the table lacks, "the blade of the mug") -> "none".
+  The stand-in for the negative instructions of instruction tuning (LRV-Instruction's "there is no
+  teapot"; POPE-style existence questions): the model learns, at the query's own last token, that
+  nothing in the image answers it, which the A2P head's presence output can read (issue #14's "not
+  here"). Train scenes only, like every kind; the calibration's absent queries are on val and test
+  seeds.
 
 Everything is deterministic in the scene seed. Seed ranges of the splits (disjoint, as
 docs/synthetic_world.md suggests): train ``0:100000``, val ``100000:200000``, test ``200000:``.
@@ -43,7 +51,7 @@ import numpy as np
 
 from part_point_ros.sim.catalog import OBJECT_TYPES, PALETTE, object_phrase
 from part_point_ros.sim.ground_truth import innermost_pixel
-from part_point_ros.sim.queries import direct_text
+from part_point_ros.sim.queries import direct_text, make_absent_queries, min_query_pixels
 
 SPLIT_SEEDS: dict[str, tuple[int, int]] = {
     "train": (0, 100_000),
@@ -61,7 +69,10 @@ QUESTION_KINDS: tuple[str, ...] = (
     "colour_part",
     "colour_object",
     "query_colour",
+    "query_absent",
 )
+ALWAYS_ASKED: tuple[str, ...] = ("query_absent",)  # asked every step beside the colour kinds (language stage)
+NONE_ANSWER = "none"  # ``query_absent``: nothing in the image is what the query refers to
 BIGGEST_MARGIN = 1.3  # "the biggest part" is asked when it has this many times the pixels of the next
 COLOUR_EXISTS_PER_ANSWER = 2  # "is there anything red?": this many yes and as many no per scene
 MIN_PART_FRACTION = 0.002  # a part is asked about when it covers this share of the image
@@ -69,7 +80,7 @@ SIDE_MARGIN = 0.1  # "which side": the object's centroid is this far (share of t
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five")  # the world has 2-5 objects
 PLURALS: dict[str, str] = {t: t if t.endswith("s") else t + "s" for t in OBJECT_TYPES} | {"knife": "knives"}
 FORBIDDEN_WORDS: tuple[str, ...] = ("point", "mask", "pixel", "box", "coordinate", "where")
-QUERY_WORDS_ALLOWED: tuple[str, ...] = ("where",)  # in ``query_colour`` questions only (module doc)
+QUERY_WORDS_ALLOWED: tuple[str, ...] = ("where",)  # in ``query_*`` questions only (module doc)
 
 
 @dataclass(frozen=True)
@@ -163,7 +174,7 @@ def split_of(seed: int) -> str:
 def answer_vocabulary() -> tuple[str, ...]:
     """Every answer word any question can have."""
     parts = dict.fromkeys(p for spec in OBJECT_TYPES.values() for p in spec.parts)
-    return (*PALETTE, "yes", "no", *NUMBER_WORDS, "left", "right", *parts, *OBJECT_TYPES)
+    return (*PALETTE, "yes", "no", *NUMBER_WORDS, "left", "right", *parts, *OBJECT_TYPES, NONE_ANSWER)
 
 
 def _word_split(text: str) -> list[str]:
@@ -261,6 +272,7 @@ def make_questions(facts: SceneFacts) -> list[VqaItem]:
 
     twin_types = {t for t, instances in by_type.items() if len(instances) > 1}
     items += query_colour_items(facts, [q for q in items if q.kind == "part_colour"], twin_types)
+    items += query_absent_items(facts)
 
     by_size = sorted((p for p in facts.parts if visible[p.object_id]), key=lambda p: -p.pixel_count)
     if len(by_size) > 1 and by_size[0].pixel_count >= BIGGEST_MARGIN * by_size[1].pixel_count:
@@ -352,6 +364,15 @@ def query_colour_items(facts: SceneFacts, part_colour: list[VqaItem], twin_types
             texts.append(str(rng.choice(templates)).format(obj=object_phrase(p.object_type, colour)))
         items += [VqaItem(t, p.colour, "query_colour", p.object_type, p.part, (pid,)) for t in texts]
     return items
+
+
+def query_absent_items(facts: SceneFacts) -> list[VqaItem]:
+    """``query_absent`` items: the scene's absent queries (``make_absent_queries``, the same texts as
+    the head's "not here" training and the calibration use for a scene of this seed), answered
+    ``NONE_ANSWER``."""
+    min_pixels = min_query_pixels(facts.width, facts.height)
+    queries = make_absent_queries(facts.seed, list(facts.objects), list(facts.parts), min_pixels=min_pixels)
+    return [VqaItem(q.text, NONE_ANSWER, "query_absent", q.object_type, q.part) for q in queries]
 
 
 def scene_questions(scene: Any) -> list[VqaItem]:

@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from part_point_ros.sim.vqa import SceneFacts, VqaItem, answer_vocabulary, make_questions, pointing_items
+from part_point_ros.sim.vqa import (
+    ALWAYS_ASKED,
+    SceneFacts,
+    VqaItem,
+    answer_vocabulary,
+    make_questions,
+    pointing_items,
+)
 from part_point_ros.tabletop import scenes
 from part_point_ros.tabletop.schedule import StageOptions, load_state, lr_at, save_state
 
@@ -136,10 +143,10 @@ def check_packing(processor, packer: Packer, prefix: list[int], size: tuple[int,
 
 
 def image_items(facts: SceneFacts, rng: np.random.Generator, others: int) -> list[VqaItem]:
-    """The questions of one image in one step: every colour question and every pointing item, plus
-    ``others`` of the rest (existence, counting, side), in random order."""
+    """The questions of one image in one step: every colour question, every absent query and every
+    pointing item, plus ``others`` of the rest (existence, counting, side), in random order."""
     items = make_questions(facts)
-    colour = [q for q in items if "colour" in q.kind]  # part, object, biggest, exists, reverse look-ups
+    colour = [q for q in items if "colour" in q.kind or q.kind in ALWAYS_ASKED]  # + query_absent
     rest = [q for q in items if q not in colour]
     picked = [rest[i] for i in rng.choice(len(rest), size=min(others, len(rest)), replace=False)]
     chosen = colour + picked + pointing_items(facts)
