@@ -244,6 +244,20 @@ def test_init_head_and_train_only_mistakes_are_one_line(absent_config, tmp_path)
         train(replace(absent_config, out_dir=str(tmp_path / "a"), init_head=str(tmp_path / "other")))
     with pytest.raises(ConfigError, match="matches no parameter"):
         train(replace(absent_config, out_dir=str(tmp_path / "b"), train_only=["decoder"]))
+    # a head without a presence output, its presence output frozen at random values: refused
+    from part_point_ros.training.trainer import head_config_for
+
+    plain_cfg = {"d_fused": 32, "n_blocks": 1, "norm_groups": 8, "presence": False}
+    cache = FeatureCache(absent_config.cache_path("train"))
+    plain = PartPointHead(head_config_for(cache, replace(absent_config, head=plain_cfg)))
+    plain.save_pretrained(tmp_path / "plain")
+    with pytest.raises(ConfigError, match="presence.*freezes them at random"):
+        train(
+            replace(
+                absent_config, out_dir=str(tmp_path / "c"), head={**plain_cfg, "presence": True},
+                init_head=str(tmp_path / "plain"), train_only=["a2p"],
+            )  # fmt: skip
+        )
 
 
 def absent_config_head_dim(config) -> int:

@@ -198,9 +198,14 @@ def _train(config: TrainConfig, *, resume: bool, dist_info: DistInfo, device: st
 
     torch.manual_seed(config.seed)
     head = PartPointHead(head_cfg).to(device)
-    if config.init_head:
-        init_from_head(head, config.init_head)
+    fresh = init_from_head(head, config.init_head) if config.init_head else []
     trainable = select_trainable(head, config.train_only)
+    left_random = [name for name in fresh if not head.get_parameter(name).requires_grad]
+    if left_random:
+        raise ConfigError(
+            f"init_head {config.init_head} has no {', '.join(left_random[:3])}, and train_only "
+            f"{config.train_only} freezes them at random values; add their module to train_only"
+        )
     indices = training_indices(cache, head_cfg)
     if not indices:
         raise ConfigError(f"{cache.root}: no sample has its target in the image; nothing to train on")
