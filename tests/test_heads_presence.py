@@ -254,8 +254,11 @@ def test_init_head_and_train_only_mistakes_are_one_line(absent_config, tmp_path)
     with pytest.raises(ConfigError, match="presence.*freezes them at random"):
         train(
             replace(
-                absent_config, out_dir=str(tmp_path / "c"), head={**plain_cfg, "presence": True},
-                init_head=str(tmp_path / "plain"), train_only=["a2p"],
+                absent_config,
+                out_dir=str(tmp_path / "c"),
+                head={**plain_cfg, "presence": True},
+                init_head=str(tmp_path / "plain"),
+                train_only=["a2p"],
             )  # fmt: skip
         )
 
