@@ -38,7 +38,7 @@ def test_shipped_head_is_small_fp16_and_names_its_backbone():
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
     assert sum(p.stat().st_size for p in HEAD_DIR.iterdir()) < 4 * 2**20
     head = PartPointHead.from_pretrained(HEAD_DIR)
-    assert head.config.backbone["name"] == "models/tiny-tabletop-llava" and head.config.k == 5
+    assert head.config.backbone["name"] == "models/tiny-tabletop-llava" and head.config.k == 3
 
 
 def test_shipped_head_points_at_the_asked_region_above_chance_on_held_out_scenes(held_out):

@@ -381,14 +381,16 @@ class _Client:
         return future.result()
 
     def digest_at(self, stamp_ns: int) -> str | None:
-        return next((d for s, d in self.frames if s == stamp_ns), None)
+        with self._cv:  # the executor thread appends frames (a deque mutated while read raises)
+            return next((d for s, d in self.frames if s == stamp_ns), None)
 
     def first_frame(self, digest: str) -> int | None:
         """Stamp of the first frame since the last scene switch, if it shows the image ``digest``.
 
         DemoError when it shows something else: the camera and render_scene() drifted apart.
         """
-        later = [(s, d) for s, d in self.frames if s > self.switched_ns]
+        with self._cv:  # re-entrant: also called from wait(), which holds it
+            later = [(s, d) for s, d in self.frames if s > self.switched_ns]
         if not later:
             return None
         if later[0][1] != digest:
