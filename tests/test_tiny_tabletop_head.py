@@ -20,8 +20,8 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 HEAD_DIR = MODELS / "tiny-tabletop-a2p"
 BACKBONE_DIR = MODELS / "tiny-tabletop-llava"
 HELD_OUT_SEEDS = list(range(200_000, 200_006))
-PATCH_FACTOR, A2P_MIN, OVER_ATTENTION = 15.0, 0.45, 0.15  # under the measured levels (below)
-PRESENCE_AUROC_MIN, ABSENT_REJECT_MIN = 0.75, 0.45  # under the measured levels (below)
+PATCH_FACTOR, A2P_MIN, OVER_ATTENTION = 20.0, 0.55, 0.05  # under the measured levels (below)
+PRESENCE_AUROC_MIN, ABSENT_REJECT_MIN, PRESENT_FOUND_MIN = 0.88, 0.75, 0.75  # under the measured levels
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +62,11 @@ def test_shipped_head_points_at_the_asked_region_above_chance_on_held_out_scenes
     measured = (np.mean(hits), np.mean(chance), np.mean(point_hits), np.mean(attention_hits), len(hits))
     print("patch hits {:.3f}, random patch {:.3f}, a2p {:.3f}, attention {:.3f}, n {}".format(*measured))
     assert len(hits) >= 80
-    # measured on these seeds (122 queries): patch hits 0.664 vs 0.033 for a random patch; point hits
-    # a2p 0.566 vs attention 0.262 (binomial sd ~0.045); the step-6,800 models (shipped until
-    # 2026-12-01, seventh session): 0.598, 0.410 vs 0.246; the step-3,400 ones: 0.393, 0.311 vs 0.164;
-    # the 2026-11-30 models: 0.230, 0.172 vs 0.107
+    # measured on these seeds (122 queries): patch hits 0.836 vs 0.033 for a random patch; point hits
+    # a2p 0.639 vs attention 0.525 (binomial sd ~0.045; the backbone5 models, shipped 2026-12-01,
+    # eighth session, whose attention pointing learnt the query phrasings: docs/tiny_tabletop.md);
+    # the step-11,000 models: 0.664, 0.566 vs 0.262; the step-6,800 models: 0.598, 0.410 vs 0.246;
+    # the step-3,400 ones: 0.393, 0.311 vs 0.164; the 2026-11-30 models: 0.230, 0.172 vs 0.107
     assert np.mean(hits) >= PATCH_FACTOR * np.mean(chance), measured
     assert np.mean(point_hits) >= A2P_MIN, measured
     assert np.mean(point_hits) >= np.mean(attention_hits) + OVER_ATTENTION, measured
@@ -94,11 +95,12 @@ def test_shipped_head_says_not_here_to_absent_queries(tmp_path_factory):
     print(f"AUROC {area:.3f}, absent found: false {rejected:.3f}, present found {found:.3f}, "
           f"n {len(present)} + {len(absent)}")  # fmt: skip
     assert len(absent) >= 30
-    # measured on these seeds (122 present + 46 absent queries): AUROC 0.848, found: false on 0.630 of
-    # the absent ones, found on 0.861 of the present ones (the step-6,800 head: 0.872, 0.587, 0.934;
+    # measured on these seeds (122 present + 46 absent queries): AUROC 0.960, found: false on 0.913 of
+    # the absent ones, found on 0.836 of the present ones (the backbone5 head, its threshold 0.753; the
+    # step-11,000 head: 0.848, 0.630, 0.861; the step-6,800 head: 0.872, 0.587, 0.934;
     # a head without a presence output: the softmax_near score, AUROC 0.568 on the 40 test seeds,
     # docs/evaluation.md)
-    assert area >= PRESENCE_AUROC_MIN and rejected >= ABSENT_REJECT_MIN and found >= 0.8, (
+    assert area >= PRESENCE_AUROC_MIN and rejected >= ABSENT_REJECT_MIN and found >= PRESENT_FOUND_MIN, (
         area,
         rejected,
         found,
