@@ -200,7 +200,8 @@ def _train(config: TrainConfig, *, resume: bool, dist_info: DistInfo, device: st
     head = PartPointHead(head_cfg).to(device)
     fresh = init_from_head(head, config.init_head) if config.init_head else []
     trainable = select_trainable(head, config.train_only)
-    left_random = [name for name in fresh if not head.get_parameter(name).requires_grad]
+    params = dict(head.named_parameters())  # state-dict names may be buffers too: those train nothing
+    left_random = [name for name in fresh if name in params and not params[name].requires_grad]
     if left_random:
         raise ConfigError(
             f"init_head {config.init_head} has no {', '.join(left_random[:3])}, and train_only "
