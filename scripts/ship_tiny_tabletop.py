@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from part_point_ros.heads import PartPointHead
@@ -58,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"shipped {ship} -> {MODEL}, {heads} -> {HEADS}, {head_dir} (fp16) -> {HEAD}")
     if args.no_threshold:
         return 0
-    command = [sys.executable, "-m", "part_point_ros.training.calibration", "--method", "a2p"]
-    command += ["--seeds", "100000:100040", "--twin-seeds", "none", "--write-threshold"]
-    return subprocess.call(command, cwd=ROOT)
+    from part_point_ros.training import calibration  # its defaults: the models/ just written
+
+    os.chdir(ROOT)
+    args = ["--method", "a2p", "--seeds", "100000:100040", "--twin-seeds", "none", "--write-threshold"]
+    return calibration.main(args)
 
 
 if __name__ == "__main__":
