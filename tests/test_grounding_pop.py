@@ -231,6 +231,37 @@ def test_three_supports_multiply(dino):
     assert share[-1] <= min(share[:-1])
 
 
+def test_support_fusion_means_keep_one_supports_weight(dino):
+    """``support_fusion``: "geomean" is the K-th root of the paper's product, "mean" the average of the
+    supports' maps; both score with 3 factors (text, one forward, one backward) whatever K is, and
+    with one support all three are the same map. An unknown fusion is a one-line InputError."""
+    canvas = texture(300, 400, seed=2)
+    supports = []
+    for px, py in [(88, 56), (40, 24), (136, 88)]:
+        x0, y0 = 200 - px, 150 - py
+        supports.append(support_of(dino, canvas[y0 : y0 + H, x0 : x0 + W], (float(px), float(py))))
+    target = dino.extract(canvas[110 : 110 + H, 128 : 128 + W])
+    text, text_grid = uniform_text()
+    singles = [visual_similarity(s, target.features) for s in supports]
+    product = singles[0] * singles[1] * singles[2]
+    geo = pop_maps(text, text_grid, supports, target, PopOptions(support_fusion="geomean"))
+    mean = pop_maps(text, text_grid, supports, target, PopOptions(support_fusion="mean"))
+    np.testing.assert_allclose(geo.visual, np.cbrt(product), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mean.visual, (singles[0] + singles[1] + singles[2]) / 3, rtol=1e-5, atol=1e-7)
+    assert geo.factors == mean.factors == 3
+    for maps in (geo, mean):  # the part is still where every support says
+        x, y, score = pop_points(maps, target.grid, ONE_PEAK, 2)[0]
+        assert np.hypot(x - 72.0, y - 40.0) <= 16.0
+        assert score == pytest.approx(float(maps.upsampled.max()) ** (1 / 3), rel=1e-5)
+    one = [visual_map(supports[:1], target.features, fusion=f) for f in ("product", "geomean", "mean")]
+    np.testing.assert_allclose(one[1], one[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(one[2], one[0], rtol=1e-6)
+    with pytest.raises(InputError, match="support_fusion must be one of product, geomean, mean"):
+        PopOptions(support_fusion="max")
+    with pytest.raises(InputError, match="support fusion must be one of"):
+        visual_map(supports, target.features, fusion="sum")
+
+
 def gaussian_text(centre: tuple[float, float], sigma: float) -> tuple[np.ndarray, ImageGrid]:
     """S_Text on an 8x8 pad-to-square token grid (LLaVA-like) of the W x H frame, peaked at ``centre``."""
     grid = ImageGrid(8, 8, (W, H), (W, W), (1.0, 1.0), (0.0, (W - H) / 2))

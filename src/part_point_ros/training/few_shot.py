@@ -9,6 +9,7 @@ localization heads, the dense extractor given; attention: the same top-3 heads, 
 A hit: the point lies in the query's part mask.
 
     python -m part_point_ros.training.few_shot --scenes 40 --shots 1,3
+    python -m part_point_ros.training.few_shot --scenes 40 --shots 1,3 --support-fusion mean
 
 (defaults: the shipped tiny-tabletop backbone and heads; ``extractor llava-tower``, the backbone's
 own vision tower, since DINOv3 cannot be downloaded here).
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from part_point_ros.grounding.methods.pop import SUPPORT_FUSIONS
 from part_point_ros.sim.ground_truth import innermost_pixel
 from part_point_ros.training.metrics import point_hit
 
@@ -64,9 +66,13 @@ def run_few_shot(
     shots: Sequence[int] = (1, 3),
     extractor: str = "llava-tower",
     extractor_model: str | None = None,
+    support_fusion: str = "product",
     log: Any = None,
 ) -> dict[str, Any]:
-    """Hit rates of attention (top-3 and shipped-k heads) and POP at each of ``shots``."""
+    """Hit rates of attention (top-3 and shipped-k heads) and POP at each of ``shots``, its supports'
+    maps combined by ``support_fusion`` (``PopOptions``: the paper's product by default)."""
+    from dataclasses import replace
+
     from part_point_ros.grounding.pointer import PartPointer
     from part_point_ros.sim import render_scene
 
@@ -86,6 +92,8 @@ def run_few_shot(
                 backbone, method="pop", heads=heads, extractor=extractor, extractor_model=extractor_model,
                 support_root=Path(root) / f"{k}-shot",
             )  # fmt: skip
+            pop = pointers[f"pop {k}-shot"].pointing
+            pop.options = replace(pop.options, support_fusion=support_fusion)
         skipped = 0
         for scene in test:
             for q in _direct_queries(scene):
@@ -110,6 +118,7 @@ def run_few_shot(
         "accuracy": {name: float(np.mean(v)) for name, v in hits.items()},
         "hits": {name: int(np.sum(v)) for name, v in hits.items()},
         "extractor": extractor,
+        "support_fusion": support_fusion,
         "seconds": time.perf_counter() - start,
     }
 
@@ -131,12 +140,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shots", default="1,3", help="comma-separated shot counts")
     p.add_argument("--extractor", default="llava-tower", choices=("llava-tower", "dinov3"))
     p.add_argument("--extractor-model", help="hub id or directory of the extractor's model")
+    p.add_argument(
+        "--support-fusion",
+        default="product",
+        choices=SUPPORT_FUSIONS,
+        help="how K supports' maps combine (default: product, the paper's)",
+    )
     p.add_argument("--json", type=Path, help="also write the report here")
     o = p.parse_args(argv)
     shots = tuple(int(s) for s in o.shots.split(","))
     report = run_few_shot(
         o.backbone, o.heads, scenes=o.scenes, shots=shots, extractor=o.extractor,
-        extractor_model=o.extractor_model, log=lambda m: print(m, file=sys.stderr),
+        extractor_model=o.extractor_model, support_fusion=o.support_fusion,
+        log=lambda m: print(m, file=sys.stderr),
     )  # fmt: skip
     print(format_few_shot(report))
     if o.json:

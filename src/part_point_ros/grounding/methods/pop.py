@@ -37,6 +37,10 @@ What the paper leaves open, and the defaults chosen here (``PopOptions``):
   calibrated, so ``default_threshold`` is 0.0 (always found), as for the attention baseline.
 - The paper's optional [CLS]-based retrieval of supports is not done: every support of the set is
   used.
+- K supports: the paper multiplies their S_Visual maps (``support_fusion`` "product", the default),
+  so each support adds two factors beside the one text factor and the visual evidence outweighs the
+  text map more with every support. "geomean" and "mean" keep it at one support's weight (score:
+  the cube root, 3 factors); measured in the README ("Teaching by example").
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ from part_point_ros.grounding.result import PointResult
 from part_point_ros.grounding.supports import StoreSupports, Support, SupportSet, SupportStore
 from part_point_ros.types import HeadRef, ImageGrid
 
+# How the K supports' S_Visual maps combine: the paper's product (each support one more pair of
+# factors beside the single text factor), or their geometric / arithmetic mean (the visual evidence
+# keeps the weight of one support whatever K is; README, "Teaching by example")
+SUPPORT_FUSIONS = ("product", "geomean", "mean")
+
 
 @dataclass(frozen=True)
 class PopOptions:
@@ -72,10 +81,15 @@ class PopOptions:
     kernel: int = 7
     upsample: int = 2  # bilinear upsampling of S_Final before the argmax (paper: x2)
     clamp_negative: bool = True  # cosines < 0 -> 0 before multiplying (ours)
+    support_fusion: str = "product"  # K supports' S_Visual: the paper's product, or "geomean" / "mean"
 
     def __post_init__(self) -> None:
         if self.text_heads < 1:
             raise InputError(f"text_heads must be >= 1, got {self.text_heads}")
+        if self.support_fusion not in SUPPORT_FUSIONS:
+            raise InputError(
+                f"support_fusion must be one of {', '.join(SUPPORT_FUSIONS)}, got {self.support_fusion!r}"
+            )
         if self.upsample < 1:
             raise InputError(f"upsample must be an integer >= 1, got {self.upsample}")
 
@@ -85,11 +99,11 @@ class PopMaps:
     """The maps of one query, all on the target's feature grid (h, w) unless said otherwise."""
 
     text: np.ndarray  # (h, w) S_Text resampled and divided by its max, in [0, 1]
-    visual: np.ndarray  # (h, w) prod_k S_Visual,k, in [0, 1] when clamped
+    visual: np.ndarray  # (h, w) prod_k S_Visual,k (or their mean: support_fusion), in [0, 1] when clamped
     final: np.ndarray  # (h, w) text * visual, zero off the image
     upsampled: np.ndarray  # (h * s, w * s) S_Final upsampled, s = PopOptions.upsample
     valid: np.ndarray  # (h * s, w * s) bool: cells that see the image
-    factors: int  # 2K + 1: the number of [0, 1] factors multiplied into ``final``
+    factors: int  # 2K + 1 (3 for a mean over supports): the [0, 1] factors multiplied into ``final``
 
 
 # ----------------------------------------------------------------------------- visual branch
@@ -137,14 +151,26 @@ def visual_similarity(
 
 
 def visual_map(
-    supports: Sequence[Support], target_features: np.ndarray, *, clamp_negative: bool = True
+    supports: Sequence[Support],
+    target_features: np.ndarray,
+    *,
+    clamp_negative: bool = True,
+    fusion: str = "product",
 ) -> np.ndarray:
-    """(h_t, w_t) the product of every support's S_Visual (the K-shot extension)."""
+    """(h_t, w_t) every support's S_Visual combined (the K-shot extension): their product (the
+    paper's), or their geometric or arithmetic mean (``SUPPORT_FUSIONS``)."""
     if not supports:
         raise InputError("POP needs at least one support (teach one with SupportStore.teach)")
+    if fusion not in SUPPORT_FUSIONS:
+        raise InputError(f"support fusion must be one of {', '.join(SUPPORT_FUSIONS)}, got {fusion!r}")
+    maps = [visual_similarity(s, target_features, clamp_negative=clamp_negative) for s in supports]
+    if fusion == "mean":
+        return np.mean(maps, axis=0).astype(np.float32)
     out = np.ones(target_features.shape[:2], dtype=np.float32)
-    for support in supports:
-        out *= visual_similarity(support, target_features, clamp_negative=clamp_negative)
+    for m in maps:
+        out *= m
+    if fusion == "geomean":  # (a product of values in [0, 1] when clamped: the root is defined)
+        out = np.power(np.maximum(out, 0.0), 1.0 / len(maps)).astype(np.float32)
     return out
 
 
@@ -205,7 +231,9 @@ def pop_maps(
     text = np.maximum(text_on_feature_grid(text_map, text_grid, grid), 0.0) * on_image
     peak = float(text.max())
     text = text / peak if peak > 0 else on_image.astype(np.float32)  # no text evidence: neutral
-    visual = visual_map(supports, target.features, clamp_negative=options.clamp_negative)
+    visual = visual_map(
+        supports, target.features, clamp_negative=options.clamp_negative, fusion=options.support_fusion
+    )
     final = (text * visual * on_image).astype(np.float32)
     valid = cells_on_image(grid, options.upsample)  # (h * s, w * s)
     return PopMaps(
@@ -214,7 +242,7 @@ def pop_maps(
         final=final,
         upsampled=upsample_map(final, options.upsample) * valid,  # nothing bleeds into the padding
         valid=valid,
-        factors=2 * len(supports) + 1,
+        factors=2 * len(supports) + 1 if options.support_fusion == "product" else 3,
     )
 
 
