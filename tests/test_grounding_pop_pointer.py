@@ -72,6 +72,25 @@ def test_a_named_support_set_serves_every_query_and_a_store_taught_elsewhere_is_
         pop_pointer(tmp_path, support="nope")
 
 
+def test_support_fusion_reaches_the_method_and_changes_the_k_shot_map(tmp_path, rendered, scene):
+    """``support_fusion`` of PartPointer is the method's: with two examples the paper's product and the
+    mean give other maps (other scores) on the same store; a one-example set is the same either way;
+    an unknown fusion is a one-line InputError."""
+    lid = next(p for p in rendered.parts if (p.object_type, p.part) == ("teapot", "lid"))
+    u, v = map(float, lid.point_2d)
+    pop_pointer(tmp_path).teach("lid", scene, (u, v))
+    one = {f: pop_pointer(tmp_path, support_fusion=f).point(scene, "lid") for f in ("product", "mean")}
+    assert one["product"].score == pytest.approx(one["mean"].score, rel=1e-5)
+    pop_pointer(tmp_path).teach("lid", np.ascontiguousarray(scene[:, ::-1]), (160 - 1 - u, v))
+    pointers = {f: pop_pointer(tmp_path, support_fusion=f) for f in ("product", "geomean", "mean")}
+    assert {f: p.pointing.options.support_fusion for f, p in pointers.items()} == {f: f for f in pointers}
+    two = {f: p.point(scene, "lid") for f, p in pointers.items()}
+    assert all(r.found and np.isfinite(r.score) for r in two.values())
+    assert two["mean"].score != pytest.approx(two["product"].score, rel=1e-3)
+    with pytest.raises(InputError, match="support_fusion must be one of product, geomean, mean"):
+        pop_pointer(tmp_path, support_fusion="median")
+
+
 def test_teach_needs_method_pop(tmp_path, scene):
     pointer = PartPointer.from_pretrained(BACKBONE, method="attention", heads=HEADS)
     with pytest.raises(InputError, match="teach needs method 'pop'"):

@@ -204,6 +204,7 @@ class PartPointer:
         extractor: Any = None,
         supports: Any = None,
         support_store: Any = None,
+        support_fusion: str = "product",
     ) -> None:
         """Use ``from_pretrained`` unless you already hold a backbone adapter (and head).
 
@@ -220,7 +221,8 @@ class PartPointer:
         the prefix's KV cache, ~150 MB for a 600-token prefix through 15 layers of a 7B model in bf16).
         ``pop``: ``extractor`` (a ``features.DenseFeatureExtractor``), ``supports`` (one ``SupportSet``
         for every query, or a mapping query -> set; default: every set of ``support_store``, by name,
-        read again when taught) and ``support_store`` (a ``SupportStore``; default its default root).
+        read again when taught), ``support_store`` (a ``SupportStore``; default its default root) and
+        ``support_fusion`` (how K supports' maps combine: "product", the paper's; "geomean", "mean").
         """
         if method not in METHODS:
             raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -245,6 +247,7 @@ class PartPointer:
             max_new_tokens=max_new_tokens,
             extractor=extractor,
             supports=supports,
+            support_fusion=support_fusion,
         )
         self.method = method
         self.head = head
@@ -283,6 +286,7 @@ class PartPointer:
         *,
         extractor: Any,
         supports: Any,
+        support_fusion: str,
         **text: Any,
     ) -> PointingMethod:
         if method == "a2p":
@@ -302,7 +306,8 @@ class PartPointer:
                     "method 'pop' needs localization heads (`--heads FILE`, the `heads_file` parameter of "
                     "part_point_node, heads=... in Python)"
                 )
-            return PopMethod(heads, self.peaks, extractor, supports)
+            options = PopOptions(support_fusion=support_fusion)
+            return PopMethod(heads, self.peaks, extractor, supports, options)
         return TextMethod(self.backbone, **text)
 
     def _check_head(self, head: Any) -> None:

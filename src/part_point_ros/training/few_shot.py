@@ -71,7 +71,6 @@ def run_few_shot(
 ) -> dict[str, Any]:
     """Hit rates of attention (top-3 and shipped-k heads) and POP at each of ``shots``, its supports'
     maps combined by ``support_fusion`` (``PopOptions``: the paper's product by default)."""
-    from dataclasses import replace
 
     from part_point_ros.grounding.pointer import PartPointer
     from part_point_ros.sim import render_scene
@@ -90,10 +89,8 @@ def run_few_shot(
         for k in shots:
             pointers[f"pop {k}-shot"] = PartPointer.from_pretrained(
                 backbone, method="pop", heads=heads, extractor=extractor, extractor_model=extractor_model,
-                support_root=Path(root) / f"{k}-shot",
+                support_root=Path(root) / f"{k}-shot", support_fusion=support_fusion,
             )  # fmt: skip
-            pop = pointers[f"pop {k}-shot"].pointing
-            pop.options = replace(pop.options, support_fusion=support_fusion)
         skipped = 0
         for scene in test:
             for q in _direct_queries(scene):
