@@ -83,7 +83,7 @@ def test_support_fusion_reaches_the_method_and_changes_the_k_shot_map(tmp_path, 
     assert one["product"].score == pytest.approx(one["mean"].score, rel=1e-5)
     pop_pointer(tmp_path).teach("lid", np.ascontiguousarray(scene[:, ::-1]), (160 - 1 - u, v))
     pointers = {f: pop_pointer(tmp_path, support_fusion=f) for f in ("product", "geomean", "mean")}
-    assert {f: p.pointing.options.support_fusion for f, p in pointers.items()} == {f: f for f in pointers}
+    assert {f: p.describe()["support_fusion"] for f, p in pointers.items()} == {f: f for f in pointers}
     two = {f: p.point(scene, "lid") for f, p in pointers.items()}
     assert all(r.found and np.isfinite(r.score) for r in two.values())
     assert two["mean"].score != pytest.approx(two["product"].score, rel=1e-3)

@@ -71,7 +71,6 @@ def run_few_shot(
 ) -> dict[str, Any]:
     """Hit rates of attention (top-3 and shipped-k heads) and POP at each of ``shots``, its supports'
     maps combined by ``support_fusion`` (``PopOptions``: the paper's product by default)."""
-
     from part_point_ros.grounding.pointer import PartPointer
     from part_point_ros.sim import render_scene
 

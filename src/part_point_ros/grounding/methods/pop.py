@@ -350,4 +350,5 @@ class PopMethod(PointingMethod):
             **super().describe(),
             "extractor": self.extractor.describe(),
             "supports": {s.name: len(s) for s in sets},
+            "support_fusion": self.options.support_fusion,
         }
