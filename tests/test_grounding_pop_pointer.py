@@ -118,6 +118,15 @@ def test_cli_teach_list_point_and_delete(tmp_path, scene, capsys):
     answer = json.loads(capsys.readouterr().out)
     same = pop_pointer(tmp_path / "sets").point(scene, "drill grip")  # what the Python API answers
     assert answer["method"] == "pop" and (answer["x"], answer["y"]) == pytest.approx((same.x, same.y))
+    assert main(["teach", "drill grip", str(image), "--point", "60,40", *roots]) == 0  # a 2nd example
+    capsys.readouterr()
+    for fusion in ("product", "mean"):
+        assert main([*argv, *roots, "--json", "--support-fusion", fusion]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        same = pop_pointer(tmp_path / "sets", support_fusion=fusion).point(scene, "drill grip")
+        assert answer["score"] == pytest.approx(same.score, rel=1e-5), fusion
+    assert main([*argv, *roots, "--support-fusion", "median"]) == 1
+    assert "support_fusion must be one of product, geomean, mean" in capsys.readouterr().err
     assert main(["teach", "drill grip", str(image), "--point", "100;60", *roots]) == 1
     assert "write the pixel as U,V" in capsys.readouterr().err
     assert main(["teach", "drill grip", "--delete", *roots]) == 0

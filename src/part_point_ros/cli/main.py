@@ -65,6 +65,13 @@ def _add_pop_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--support-root", help="pop: support-set directory (default $PART_POINT_SUPPORTS or ~/.local/share)"
     )
+    parser.add_argument(
+        "--support-fusion",
+        default="product",
+        metavar="{product,geomean,mean}",  # checked by PopOptions (no torch import at CLI start)
+        help="pop: how several examples' maps combine (default product, the paper's; mean keeps them "
+        "at one example's weight beside the attention map: README, 'Teaching by example')",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,6 +306,7 @@ def _pop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "extractor_model": args.extractor_model,
         "support": args.support,
         "support_root": args.support_root,
+        "support_fusion": args.support_fusion,
     }
 
 
