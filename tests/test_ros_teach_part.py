@@ -69,6 +69,7 @@ def rig(ros, tmp_path_factory):
         "heads_file": str(ROOT / "models" / "tiny-tabletop-heads.json"),
         "extractor": "llava-tower",
         "support_root": str(supports),
+        "support_fusion": "mean",  # not the default: the parameter must reach the method
         "masks": True,
         "mask_model": str(build_tiny_sam(tmp_path_factory.mktemp("sam"))),
         "max_image_age_s": 10.0,
@@ -138,6 +139,9 @@ def test_teach_part_then_point_part_uses_the_taught_set_and_publishes_its_mask(r
     assert set(np.unique(np.frombuffer(bytes(mask.data), np.uint8))) <= {0, 255}
     again = teach(rig, "drill grip", 20.0, 100.0)
     assert again.success and again.examples == 2
+    assert rig["node"]._pointer.describe()["support_fusion"] == "mean"  # the node parameter's
+    two = point(rig, "drill grip")  # two examples, their maps averaged
+    assert two.success and two.point.found, two.message
 
 
 @pytest.mark.ros

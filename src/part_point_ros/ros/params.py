@@ -179,6 +179,14 @@ PART_POINT_PARAMS: tuple[ParamSpec, ...] = (
         "pop: the support set for every query; empty = the set named like the query",
         configure_time=True,
     ),
+    ParamSpec(
+        "support_fusion",
+        "product",
+        "pop: how several examples' maps combine (product = the paper's; mean, geomean keep them at one "
+        "example's weight beside the attention map)",
+        choices=("product", "geomean", "mean"),
+        configure_time=True,
+    ),
     ParamSpec("teach_service_name", "/teach_part", "name of the TeachPart service", configure_time=True),
     ParamSpec(
         "clicked_point_topic",

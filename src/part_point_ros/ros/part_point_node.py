@@ -444,6 +444,7 @@ class PartPointNode(LifecycleNode):
             "extractor_model": self._p("extractor_model") or None,
             "support": self._p("support") or None,
             "support_root": self._p("support_root") or None,
+            "support_fusion": self._p("support_fusion"),
         }
 
     def _load_masker(self) -> Any:
