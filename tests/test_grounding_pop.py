@@ -258,7 +258,7 @@ def test_support_fusion_means_keep_one_supports_weight(dino):
     np.testing.assert_allclose(one[2], one[0], rtol=1e-6)
     with pytest.raises(InputError, match="support_fusion must be one of product, geomean, mean"):
         PopOptions(support_fusion="max")
-    with pytest.raises(InputError, match="support fusion must be one of"):
+    with pytest.raises(InputError, match="support_fusion must be one of product, geomean, mean, got 'sum'"):
         visual_map(supports, target.features, fusion="sum")
 
 

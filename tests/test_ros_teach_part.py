@@ -200,3 +200,11 @@ def test_a_point_clicked_in_rviz_is_projected_into_the_frame_and_taught(rig):
     clicks.publish(click)
     wait_until(lambda: store.exists("after"), "the valid click after the refused one", 30.0)
     assert not store.exists("never") and len(store.load("after").supports) == 1
+
+
+def test_the_support_fusion_parameter_offers_exactly_the_methods_fusions():
+    """params.py lists the choices itself (it does not import the pop module, which imports torch)."""
+    from part_point_ros.grounding.methods.pop import SUPPORT_FUSIONS
+    from part_point_ros.ros.params import PART_POINT_PARAMS
+
+    assert next(p for p in PART_POINT_PARAMS if p.name == "support_fusion").choices == SUPPORT_FUSIONS

@@ -72,6 +72,13 @@ from part_point_ros.types import HeadRef, ImageGrid
 SUPPORT_FUSIONS = ("product", "geomean", "mean")
 
 
+def check_support_fusion(fusion: str) -> str:
+    """``fusion`` if it is one of ``SUPPORT_FUSIONS``, else a one-line ``InputError``."""
+    if fusion not in SUPPORT_FUSIONS:
+        raise InputError(f"support_fusion must be one of {', '.join(SUPPORT_FUSIONS)}, got {fusion!r}")
+    return fusion
+
+
 @dataclass(frozen=True)
 class PopOptions:
     """POP's settings (module docstring: which are the paper's and which are defaults of ours)."""
@@ -86,10 +93,7 @@ class PopOptions:
     def __post_init__(self) -> None:
         if self.text_heads < 1:
             raise InputError(f"text_heads must be >= 1, got {self.text_heads}")
-        if self.support_fusion not in SUPPORT_FUSIONS:
-            raise InputError(
-                f"support_fusion must be one of {', '.join(SUPPORT_FUSIONS)}, got {self.support_fusion!r}"
-            )
+        check_support_fusion(self.support_fusion)
         if self.upsample < 1:
             raise InputError(f"upsample must be an integer >= 1, got {self.upsample}")
 
@@ -161,8 +165,7 @@ def visual_map(
     paper's), or their geometric or arithmetic mean (``SUPPORT_FUSIONS``)."""
     if not supports:
         raise InputError("POP needs at least one support (teach one with SupportStore.teach)")
-    if fusion not in SUPPORT_FUSIONS:
-        raise InputError(f"support fusion must be one of {', '.join(SUPPORT_FUSIONS)}, got {fusion!r}")
+    check_support_fusion(fusion)
     maps = [visual_similarity(s, target_features, clamp_negative=clamp_negative) for s in supports]
     if fusion == "mean":
         return np.mean(maps, axis=0).astype(np.float32)
