@@ -151,3 +151,27 @@ def test_parse_seeds_forms():
         parse_seeds("3:3")
     with pytest.raises(InputError):
         generate_dataset("/tmp/unused", [0], "../escape")
+
+
+def test_twin_seeds_are_written_as_twin_scenes_with_their_plural_queries(tmp_path):
+    """A twin seed (1,000,000+) on disk is ``render_twin_scene``'s scene: its ambiguous and plural
+    queries, each with the union of every instance's mask, so that a head can learn "every instance"."""
+    from part_point_ros.sim.render import render_twin_scene
+
+    seed = 1_000_001
+    generate_dataset(tmp_path, [seed], "train_twins", width=W, height=H)
+    ds = load_synthetic(tmp_path, "train_twins")
+    scene = render_twin_scene(seed, width=W, height=H)
+    assert [s.query for s in ds] == [q.text for q in scene.queries if scene.query_mask(q).any()]
+    plural = [s for s in ds if s.meta["query_kind"] == "plural"]
+    assert plural, "a twin scene asks at least one plural query"
+    for sample in plural:
+        query = next(q for q in scene.queries if q.text == sample.query)
+        masks = scene.instance_part_masks(query)
+        assert len(masks) >= 2 and sample.meta["part_ids"] == list(query.part_ids)
+        np.testing.assert_array_equal(sample.load_mask(), np.logical_or.reduce(masks))
+    # one call may mix them: each seed gives its own kind of scene
+    generate_dataset(tmp_path, [SEEDS[0], seed], "mixed", width=W, height=H)
+    ordinary = render_scene(SEEDS[0], width=W, height=H)
+    want = [q.text for s in (ordinary, scene) for q in s.queries if s.query_mask(q).any()]
+    assert [s.query for s in load_synthetic(tmp_path, "mixed")] == want

@@ -25,9 +25,9 @@ from part_point_ros.data.errors import DataError
 from part_point_ros.errors import InputError
 from part_point_ros.sim.disk import FORMAT_NAME, FORMAT_VERSION
 from part_point_ros.sim.queries import make_absent_queries, min_query_pixels
-from part_point_ros.sim.scene import ObjectInstance, PartInstance
+from part_point_ros.sim.scene import PLURAL_KIND, ObjectInstance, PartInstance
 
-QUERY_KINDS = ("direct", "reasoning")
+QUERY_KINDS = ("direct", "reasoning", PLURAL_KIND)  # plural: twin scenes only
 _REGENERATE = "regenerate the scene with `python -m part_point_ros.sim.generate`"
 
 

@@ -1,6 +1,11 @@
 """Write a split of the synthetic world to disk.
 
 python -m part_point_ros.sim.generate --out data/synthetic --seeds 0:100 --split train
+
+Seeds in the twin range (``sim.layout.TWIN_SEEDS``, 1,000,000-1,999,999) are written as twin scenes
+(``render_twin_scene``: two or three instances of one type, with the ambiguous and "plural" queries
+that mean every instance), e.g. the train twins a head learns "every instance" from:
+python -m part_point_ros.sim.generate --out data/synthetic --seeds 1000000:1000200 --split train_twins
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from pathlib import Path
 
 from part_point_ros.errors import InputError, PartPointError
 from part_point_ros.sim.disk import write_scene
-from part_point_ros.sim.render import DEFAULT_HEIGHT, DEFAULT_WIDTH, render_scene
+from part_point_ros.sim.layout import is_twin_seed
+from part_point_ros.sim.render import DEFAULT_HEIGHT, DEFAULT_WIDTH, render_scene, render_twin_scene
 
 _SPLIT = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -46,11 +52,17 @@ def generate_dataset(
 ) -> list[Path]:
     """Render every seed and write it under ``<root>/<split>/scene_<seed>/``; returns the scene dirs.
 
-    Keep seed ranges of different splits disjoint: the scene depends on the seed only.
+    Keep seed ranges of different splits disjoint: the scene depends on the seed only. Twin seeds
+    (``sim.layout.is_twin_seed``) give twin scenes (module doc).
     """
     if not _SPLIT.match(split):
         raise InputError(f"split name {split!r} must be letters, digits, '_', '-' or '.', e.g. 'train'")
-    return [write_scene(render_scene(seed, width=width, height=height), root, split=split) for seed in seeds]
+
+    def render(seed: int):
+        draw = render_twin_scene if is_twin_seed(seed) else render_scene
+        return draw(seed, width=width, height=height)
+
+    return [write_scene(render(seed), root, split=split) for seed in seeds]
 
 
 def main(argv: list[str] | None = None) -> int:
