@@ -12,7 +12,8 @@
 #    threshold on validation scenes (written into its config), then the "not here" / every-instance
 #    tables on test and twin scenes (docs/evaluation.md)
 #
-# Each step writes its own output and is skipped when that output exists, so the script resumes where
+# Needs the data of config/train_synthetic_tabletop.yaml's header under data/synthetic (train, train_twins,
+# val, test). Each step writes its own output and is skipped when that output exists, so the script resumes where
 # a session ended. Two jobs at a time, one thread each (the 2-core machine: ~35 minutes in all).
 set -euo pipefail
 cd "$(dirname "$0")/.."

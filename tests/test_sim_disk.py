@@ -175,3 +175,22 @@ def test_twin_seeds_are_written_as_twin_scenes_with_their_plural_queries(tmp_pat
     ordinary = render_scene(SEEDS[0], width=W, height=H)
     want = [q.text for s in (ordinary, scene) for q in s.queries if s.query_mask(q).any()]
     assert [s.query for s in load_synthetic(tmp_path, "mixed")] == want
+
+
+def test_several_splits_in_order_with_a_cap_per_split(tmp_path):
+    generate_dataset(tmp_path, [3, 5], "train", width=W, height=H)
+    generate_dataset(tmp_path, [1_000_001], "train_twins", width=W, height=H)
+    train = load_synthetic(tmp_path, "train", absent=True)
+    twins = load_synthetic(tmp_path, "train_twins", absent=True)
+    both = load_synthetic(tmp_path, ["train", "train_twins"], absent=True)
+    assert [s.sample_id for s in both] == [s.sample_id for s in (*train, *twins)]
+    assert both.name == "synthetic/train+train_twins"
+    capped = load_synthetic(tmp_path, ["train", "train_twins"], absent=True, max_per_split=7)
+    assert [s.sample_id for s in capped] == [s.sample_id for s in (*train.samples[:7], *twins.samples[:7])]
+    for bad, words in (([], "split must be"), (["train", ""], "split must be")):
+        with pytest.raises(InputError, match=words):
+            load_synthetic(tmp_path, bad)
+    with pytest.raises(InputError, match="max_per_split must be an int >= 1"):
+        load_synthetic(tmp_path, "train", max_per_split=0)
+    with pytest.raises(InputError, match="no synthetic split at .*missing"):
+        load_synthetic(tmp_path, ["train", "missing"])

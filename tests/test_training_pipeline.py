@@ -109,7 +109,11 @@ def test_tiny_tabletop_head_trains_and_evaluates_through_the_shipped_config(
     # target shares, not 0): 5.61 -> 4.25 measured; a head that does not learn stays at ~1.0x
     assert epochs[-1]["epoch/bce"] < 0.85 * epochs[0]["epoch/bce"]
     assert epochs[-1]["epoch/point"] < epochs[0]["epoch/point"]
-    assert epochs[-1]["epoch/presence"] < epochs[0]["epoch/presence"]  # absent queries of the 2 scenes
+    assert epochs[-1]["epoch/presence"] < epochs[0]["epoch/presence"]  # absent queries of the 3 scenes
+    cached = json.loads((tmp_path / "cache" / "train" / "index.json").read_text())
+    n_train = len(load_dataset("synthetic", root=str(synthetic_root), split="train", absent=True))
+    n_twins = len(load_dataset("synthetic", root=str(synthetic_root), split="train_twins", absent=True))
+    assert cached["n_samples"] == n_train + n_twins  # the config's two splits: train, then the twin scenes
     args = ["eval", "--config", str(TABLETOP_YAML), "--method", "a2p,attention", "--json", *overrides]
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["summary"]

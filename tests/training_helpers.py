@@ -14,11 +14,13 @@ TINY_HEAD = {"d_fused": 32, "n_blocks": 1, "norm_groups": 8}
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
-    """Two train scenes (41 samples) and one test scene of the synthetic world."""
+    """Two train scenes (41 samples), one train twin scene (split train_twins, as the shipped config
+    reads it) and one test scene of the synthetic world."""
     from part_point_ros.sim.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
     generate_dataset(root, [0, 1], "train")
+    generate_dataset(root, [1_000_000], "train_twins")
     generate_dataset(root, [1000], "test")
     return root
 

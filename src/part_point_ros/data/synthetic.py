@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -208,14 +209,44 @@ def _mask_loader(path: Path, part_ids: list[int]):
     return load
 
 
-def load_synthetic(root: str | Path, split: str = "train", absent: bool = False) -> PartDataset:
+def load_synthetic(
+    root: str | Path,
+    split: str | Sequence[str] = "train",
+    absent: bool = False,
+    max_per_split: int | None = None,
+) -> PartDataset:
     """Every query of every scene in ``<root>/<split>``, as a lazily loaded ``PartDataset``; with
     ``absent``, each scene's absent-object and absent-part questions after its own (module doc).
+
+    ``split`` may be a list of splits, read in order (e.g. ``["train", "train_twins"]``: the ordinary
+    train scenes, then twin scenes for "every instance"); ``max_per_split`` keeps the first N samples
+    of each, so that adding a split never changes what is taken from the others.
 
     Skipped (and counted in ``PartDataset.skipped``): scene folders without meta.json (unfinished),
     scenes whose rgb.png or parts.png is missing, queries whose parts have no visible pixel.
     A malformed meta.json raises ``SyntheticDataError`` naming the file and the field.
     """
+    splits = [split] if isinstance(split, str) else list(split)
+    if not splits or not all(isinstance(s, str) and s for s in splits):
+        raise InputError(f"split must be a split name or a list of them, e.g. train; got {split!r}")
+    if max_per_split is not None and (
+        isinstance(max_per_split, bool) or not isinstance(max_per_split, int) or max_per_split < 1
+    ):
+        raise InputError(f"max_per_split must be an int >= 1 or null, got {max_per_split!r}")
+    if len(splits) == 1 and max_per_split is None:
+        return _load_split(Path(root), splits[0], absent)
+    parts = [_load_split(Path(root), name, absent) for name in splits]
+    samples = [sample for part in parts for sample in part.samples[:max_per_split]]
+    skipped: Counter[str] = Counter()
+    for part in parts:
+        skipped.update(part.skipped)
+    return PartDataset(
+        name=f"synthetic/{'+'.join(splits)}", samples=samples, skipped=skipped,
+        source=", ".join(str(part.source) for part in parts),
+    )  # fmt: skip
+
+
+def _load_split(root: Path, split: str, absent: bool) -> PartDataset:
     split_dir = Path(root) / split
     if not split_dir.is_dir():
         raise InputError(
