@@ -73,8 +73,8 @@ def test_answers_held_out_colour_questions_above_chance(adapter, scenes):
     majority = max(Counter(asked).values()) / len(asked)  # always saying the most frequent colour
     accuracy = float(np.mean(right))
     print(f"colour answers {accuracy:.3f} over {len(asked)}, majority {majority:.3f}")
-    # measured on these 20 seeds: 0.834 over 223 questions, majority 0.117 (binomial sd 0.025; the
-    # backbone5 model, shipped 2026-12-01, eighth session); the step-11,000 model 0.785, the
+    # measured on these 20 seeds: 0.830 over 223 questions, majority 0.117 (binomial sd 0.025; the
+    # backbone6 model, shipped 2026-12-02, tenth session); backbone5 0.834, the step-11,000 model 0.785, the
     # step-6,800 model 0.735, the step-3,400 one 0.614,
     # the 2026-11-30 model 0.381
     assert len(asked) >= 150
@@ -105,7 +105,8 @@ def test_last_token_attention_finds_the_asked_part_more_than_its_object(adapter,
     lift_object = np.mean(object_mass, axis=0) / np.mean(object_share)
     print(f"lift part {lift_part}, object {lift_object}, {len(part_share)} questions")
     assert len(part_share) >= 40
-    # measured here (67 questions): 26.0x / 12.9x and 23.4x / 12.4x (backbone5; the step-11,000 model:
+    # measured here (67 questions): 26.1x / 13.1x and 23.7x / 12.5x (backbone6; backbone5: 26.0x / 12.9x
+    # and 23.4x / 12.4x; the step-11,000 model:
     # 22.3x / 11.5x and 19.8x / 10.6x; the step-6,800 model: 21.2x / 11.2x
     # and 18.3x / 10.5x; the step-3,400 one: 16.1x / 8.7x and 13.8x / 8.1x; the 2026-11-30 model: 7.5x / 5.5x)
     assert (lift_part > PART_LIFT).all() and (lift_part > 1.2 * lift_object).all(), (lift_part, lift_object)
@@ -136,7 +137,8 @@ def test_point_prompts_are_answered_in_molmo_format(adapter, scenes):
                 on_object.append(bool(np.isin(scene.part_ids[v, u], item.part_ids)))
     print(f"parsed {np.mean(parsed):.3f} of {len(parsed)}, on the object {np.mean(on_object):.3f}")
     # every form of sim.vqa.POINT_PROMPTS is asked (the language stage trains all three); measured on
-    # these 20 seeds: 68 of 68 parsed, on the object 0.250 (a weak pointer; step 11,000: 0.162, 6,800:
+    # these 20 seeds: 68 of 68 parsed, on the object 0.235 (backbone6; backbone5 0.250; a weak pointer;
+    # step 11,000: 0.162, 6,800:
     # 0.176, 3,400: 0.088)
     assert len(asked) == len(POINT_PROMPTS), asked
     assert len(parsed) >= 60 and np.mean(parsed) >= PARSED_SHARE
