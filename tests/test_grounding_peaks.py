@@ -84,6 +84,26 @@ def test_nms_takes_no_shoulder_of_a_blob_wider_than_its_radius():
     assert [(p.row, p.col) for p in peaks] == [(20.0, 20.0), (32.0, 5.0)]
 
 
+def test_one_peak_per_region_keeps_one_point_on_a_ridge_and_one_per_valley_separated_blob():
+    """A long handle: two bumps on one ridge that never falls below min_value are one instance; a
+    second object, beyond a valley, is another."""
+    rows, cols = np.mgrid[0:30, 0:60]
+    ridge = np.exp(-(((rows - 10) / 1.5) ** 2)) * (cols < 40)  # a handle along row 10, cols 0-39
+    bumps = 0.3 * np.exp(-((rows - 10) ** 2 + (cols - 8) ** 2) / 4.0) + 0.2 * np.exp(
+        -((rows - 10) ** 2 + (cols - 30) ** 2) / 4.0
+    )  # two local maxima on it, 22 cells apart
+    other = 0.9 * np.exp(-((rows - 24) ** 2 + (cols - 50) ** 2) / 3.0)  # a second object
+    values = ridge + bumps + other
+    plain = nms_peaks(values, radius=4.0, max_points=5, min_value=0.5)
+    assert [(p.row, p.col) for p in plain] == [(10.0, 8.0), (10.0, 30.0), (24.0, 50.0)]
+    regions = nms_peaks(values, radius=4.0, max_points=5, min_value=0.5, one_per_region=True)
+    assert [(p.row, p.col) for p in regions] == [(10.0, 8.0), (24.0, 50.0)]
+    # a valley below min_value between the bumps makes them two regions again
+    cut = values.copy()
+    cut[:, 18:20] = 0.0
+    assert len(nms_peaks(cut, radius=4.0, max_points=5, min_value=0.5, one_per_region=True)) == 3
+
+
 def test_gaussian_smooth_7x7_sigma1():
     impulse = np.zeros((11, 11), dtype=np.float32)
     impulse[5, 5] = 1.0

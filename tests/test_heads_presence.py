@@ -4,6 +4,7 @@ masked losses, the a2p score, and training on a real tiny cache that holds absen
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -144,6 +145,25 @@ def test_presence_score_is_the_probability_for_the_best_point_and_scaled_for_the
         decode_a2p(logits, attn, grid, 4, score="presence")
     assert score_rule(tiny_head_config(D, presence=True, patch_loss="bce")) == "presence"
     assert score_rule(tiny_head_config(D, patch_loss="bce")) == "sigmoid"
+
+
+def test_a2p_decoding_gives_one_point_per_heatmap_region_when_asked():
+    """Two maxima on one ridge (a long handle) are one instance with ``one_per_region`` (PartPointer's
+    default ``points_one_per_region``), two without; a peak beyond a valley stays a second point."""
+    grid = ImageGrid(
+        rows=ROWS, cols=COLS, orig_size=(64, 64), processed_size=(64, 64), scale=(1.0, 1.0), offset=(0.0, 0.0)
+    )
+    logits = torch.full((ROWS * 4, COLS * 4), -10.0)
+    for col in range(2, 13):  # the ridge: a saddle at col 7, 0.61 of the best's probability (> 0.5)
+        logits[2, col] = 4.5 + 0.05 * abs(col - 7)
+    logits[2, 2], logits[2, 12] = 5.0, 4.8  # its two maxima, 10 cells apart (NMS radius 4)
+    attn = torch.zeros(2, ROWS * COLS)
+    decode = partial(decode_a2p, logits, attn, grid, 4, subpixel=False, max_points=3, score="softmax_near")
+    every, regions = decode()[1], decode(one_per_region=True)[1]
+    assert len(every) == 2 and len(regions) == 1 and regions[0][:2] == every[0][:2]
+    logits[13, 13] = 4.9  # a second object, beyond a valley
+    regions = decode(one_per_region=True)[1]
+    assert len(regions) == 2 and regions[1][:2] == decode()[1][1][:2]  # the object, not the ridge's end
 
 
 # ------------------------------------------------------------------ training on a real tiny cache

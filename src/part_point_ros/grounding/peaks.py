@@ -127,12 +127,16 @@ def nms_peaks(
     eps: float = 1e-6,
     valid: np.ndarray | None = None,
     local_max: bool = True,
+    one_per_region: bool = False,
 ) -> list[Peak]:
     """LENS S1.1 NMS: take the highest cell, suppress everything within Euclidean ``radius`` cells,
     repeat until no value exceeds ``min_value`` or ``max_points`` are taken. Highest first.
     Only cells in ``valid`` (default: all) are taken; with ``local_max`` (default), only cells that
     are >= each of their 8 neighbours: a broad blob wider than the radius would otherwise give its
-    shoulders as further "peaks" (one mug handle answered as three instances).
+    shoulders as further "peaks" (one mug handle answered as three instances). With
+    ``one_per_region``, at most one peak per connected region of cells above ``min_value``: two
+    peaks joined by a ridge that never falls to ``min_value`` (along one long hammer handle) are one
+    instance; two objects need a valley between them.
 
     Sub-pixel refinement (if asked) uses the ORIGINAL map, not the suppressed one.
     """
@@ -144,6 +148,7 @@ def nms_peaks(
         neighbourhood = ndimage.maximum_filter(work, size=3, mode="constant", cval=-np.inf)
         work = np.where(work >= neighbourhood, work, -np.inf)
     rows, cols = np.mgrid[0 : arr.shape[0], 0 : arr.shape[1]]
+    regions = ndimage.label(np.nan_to_num(arr, nan=-np.inf) > min_value)[0] if one_per_region else None
     peaks: list[Peak] = []
     while len(peaks) < max_points:
         flat = int(np.argmax(work))
@@ -153,4 +158,6 @@ def nms_peaks(
         peak = Peak(float(r), float(c), float(arr[r, c]))
         peaks.append(refine_peak(arr, peak, eps=eps) if subpixel else peak)  # arr: NaN off ``valid``
         work[(rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = -np.inf
+        if regions is not None:
+            work[regions == regions[r, c]] = -np.inf
     return peaks

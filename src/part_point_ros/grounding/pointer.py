@@ -192,6 +192,7 @@ class PartPointer:
         max_points: int = 5,
         nms_radius: float = 4.0,
         points_rel_threshold: float = 0.5,
+        points_one_per_region: bool = True,
         max_new_tokens: int = 64,
         prompt_mode: str = "auto",
         allow_grey: bool = False,
@@ -210,7 +211,9 @@ class PartPointer:
 
         ``subpixel``: LENS refinement of the peak; default on for a2p, off for attention (Kang et al.
         point at the argmax patch's centre). ``max_points`` / ``nms_radius`` (heatmap pixels) /
-        ``points_rel_threshold`` (fraction of the peak value) shape ``PointResult.points``.
+        ``points_rel_threshold`` (fraction of the peak value) shape ``PointResult.points``;
+        ``points_one_per_region``: at most one point per connected region of the heatmap above
+        ``points_rel_threshold`` x the peak (one long handle is one instance; ``peaks.nms_peaks``).
         ``max_image_pixels`` / ``max_aspect_ratio`` (long side / short side): larger images are
         refused with an ``InputError`` before they reach the processor (``inputs.check_image_size``).
         ``reuse_prefix`` (a2p, attention): prefill each frame's image once and keep the latest frame's
@@ -228,7 +231,9 @@ class PartPointer:
             raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
         self.backbone = backbone
         subpixel = (method == "a2p") if subpixel is None else bool(subpixel)
-        self.peaks = PeakOptions(subpixel, max_points, nms_radius, points_rel_threshold)
+        self.peaks = PeakOptions(
+            subpixel, max_points, nms_radius, points_rel_threshold, points_one_per_region
+        )
         if method == "pop":
             from part_point_ros.grounding.supports import StoreSupports, SupportStore
 

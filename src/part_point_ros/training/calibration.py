@@ -609,6 +609,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--points-rel-threshold", type=float, default=0.5, help="PartPointer points_rel_threshold"
     )
+    parser.add_argument(
+        "--all-peaks",
+        action="store_true",
+        help="further points from every NMS peak, several per heatmap region (PartPointer "
+        "points_one_per_region=False; the default before 2026-12-02)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--json", type=Path, help="also write the report (with every answer) here")
@@ -640,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             max_points=args.max_points,
             points_rel_threshold=args.points_rel_threshold,
+            points_one_per_region=not args.all_peaks,
         )
         report = run_calibration(
             factory,

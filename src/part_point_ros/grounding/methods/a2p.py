@@ -50,6 +50,7 @@ def decode_a2p(
     rel_threshold: float = 0.5,
     score: str = "sigmoid",
     presence: float | None = None,
+    one_per_region: bool = False,
 ) -> tuple[np.ndarray, list[tuple[float, float, float]]]:
     """One sample's head output -> (heatmap, points): THE a2p decoding, for ``PartPointer`` and for
     the evaluation from cached features alike.
@@ -86,7 +87,7 @@ def decode_a2p(
     else:
         raise ValueError(f"a2p score rule {score!r} is not one of sigmoid, softmax_near, presence")
     on_rows, on_cols = np.flatnonzero(on_cells.any(1)), np.flatnonzero(on_cells.any(0))
-    options = PeakOptions(subpixel, max_points, nms_radius, rel_threshold)
+    options = PeakOptions(subpixel, max_points, nms_radius, rel_threshold, one_per_region)
     peaks = find_peaks(prob, valid, options)
 
     def cell_score(peak: Peak) -> float:
@@ -194,6 +195,7 @@ class A2PMethod(PointingMethod):
             rel_threshold=self.peaks.rel_threshold,
             score=score_rule(self.head.config),
             presence=presence,
+            one_per_region=self.peaks.one_per_region,
         )
         x, y, score = points[0]
         return PointResult(

@@ -34,6 +34,7 @@ class PeakOptions:
     max_points: int = 5
     nms_radius: float = 4.0
     rel_threshold: float = 0.5
+    one_per_region: bool = False  # one further peak per region above rel_threshold x best (nms_peaks)
 
     def __post_init__(self) -> None:
         if self.max_points < 1:
@@ -55,6 +56,7 @@ def find_peaks(heatmap: np.ndarray, valid: np.ndarray | None, options: PeakOptio
         min_value=options.rel_threshold * best.value,
         subpixel=options.subpixel,
         valid=valid,
+        one_per_region=options.one_per_region,
     )
     return [best, *others[1:]]
 
